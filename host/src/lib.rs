@@ -1,0 +1,41 @@
+//! # Plinth host
+//!
+//! Plinth serves HTTP by routing each request to a WebAssembly component (a *plugin*)
+//! chosen by the plugins' manifests. The host owns everything cross-cutting; plugins see
+//! only the `plinth:plugin` WIT world (`wit/plugin.wit`).
+//!
+//! ## The flow
+//!
+//! 1. **Start-up** ([`Application::build`]): read [`Config`] from the environment, create
+//!    the [`plugins::runtime::PluginEngine`] (pooling allocator, epoch ticker), load every
+//!    plugin in `PLUGINS_DIR` ([`plugins::load_all`]: manifest → compile → check imports
+//!    against grants → link granted [`capabilities`] → `instantiate_pre`), build one
+//!    [`plugins::routes::RouteTable`] (conflicts are errors), bind the socket.
+//! 2. **Serving** ([`Application::run_until`]): hyper accepts connections; each request
+//!    goes through [`pipeline::handle`], the one place the request path is composed.
+//! 3. **Per request**: resolve the route against a snapshot of the table, read the body
+//!    within the limit, instantiate the plugin into a fresh `Store` with its memory limit and
+//!    deadline, call `handler.handle`, validate the response. Failures of any step become
+//!    API.md error bodies in [`error::ApiError::into_response`].
+//! 4. **Shutdown**: on SIGINT/SIGTERM stop accepting, let in-flight requests finish within
+//!    the grace period, exit 0.
+//!
+//! ## Invariants
+//!
+//! - A plugin can fail only its own request: traps, timeouts, memory exhaustion and bad
+//!   responses are per-store and map to 500/504.
+//! - No secret or credential reaches a plugin: `Authorization` is stripped; capabilities
+//!   that need secrets run in the host.
+
+pub mod bindings;
+pub mod capabilities;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod plugins;
+pub mod request_id;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::Application;

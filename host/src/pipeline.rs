@@ -1,0 +1,201 @@
+//! A request's way through the host, composed in one place.
+//!
+//! ```text
+//! request id + span → platform endpoints → route match (404/405) → body limit (413)
+//!   → plugin instance → error mapping → X-Request-Id → access log line
+//! ```
+//!
+//! Why this order: the request id comes first so that every later step, including a
+//! failure, is logged under it; host endpoints answer before the route table so no plugin
+//! can shadow them; the route is matched before the body is read so unknown paths cost
+//! nothing; errors of every step meet in [`ApiError::into_response`] and then receive the
+//! same response headers as successes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use crate::bindings;
+use crate::error::{ApiError, Body, json_response};
+use crate::plugins::Registry;
+use crate::plugins::routes::RouteMatch;
+use crate::plugins::runtime::PluginFailure;
+use crate::request_id;
+
+/// What every request needs, shared by all connections.
+#[derive(Debug)]
+pub struct AppState {
+    pub registry: Registry,
+    pub max_body_bytes: usize,
+}
+
+/// What the access log line says about where a request went.
+#[derive(Debug, Default)]
+struct Outcome {
+    route: Option<Arc<str>>,
+    plugin: Option<(String, String)>,
+}
+
+/// Serves one request. Never fails: every failure is already a response.
+pub async fn handle(state: Arc<AppState>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = request_id::from_headers_or_new(request.headers());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %request_id);
+
+    let mut outcome = Outcome::default();
+    let mut response = dispatch(&state, request, &request_id, &mut outcome)
+        .instrument(span.clone())
+        .await
+        .unwrap_or_else(|err| {
+            if err.status().is_server_error() {
+                span.in_scope(|| tracing::error!(error = %err, "request failed"));
+            }
+            err.into_response()
+        });
+
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(request_id::HEADER, value);
+    }
+
+    let (plugin, plugin_version) = outcome.plugin.unzip();
+    span.in_scope(|| {
+        tracing::info!(
+            target: "plinth::access",
+            method = %method,
+            path = %path,
+            route = outcome.route.as_deref(),
+            plugin = plugin.as_deref(),
+            plugin_version = plugin_version.as_deref(),
+            status = response.status().as_u16(),
+            latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
+            client_ip = %peer.ip(),
+            "request"
+        );
+    });
+    response
+}
+
+async fn dispatch(
+    state: &AppState,
+    request: Request<Incoming>,
+    request_id: &str,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ApiError> {
+    if let Some(response) = platform_endpoint(request.method(), request.uri().path()) {
+        return response;
+    }
+
+    // One snapshot for the whole request: a reload never swaps the plugin under it.
+    let table = state.registry.snapshot();
+    let RouteMatch { target, params } = table.resolve(request.method(), request.uri().path())?;
+    outcome.route = Some(target.pattern.clone());
+    outcome.plugin = Some((target.plugin.name.clone(), target.plugin.version.clone()));
+
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, parts.headers.get(http::header::CONTENT_LENGTH), state.max_body_bytes).await?;
+
+    let guest_request = bindings::Request {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            // Credentials stay in the host: plugins receive a verified principal instead.
+            .filter(|(name, _)| *name != http::header::AUTHORIZATION)
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect(),
+        body: body.to_vec(),
+        route: target.pattern.to_string(),
+        params,
+        request_id: request_id.to_owned(),
+        principal: None,
+    };
+
+    let guest_response = target
+        .plugin
+        .component
+        .call(&guest_request)
+        .await
+        .map_err(plugin_error)?;
+    Ok(into_http_response(guest_response))
+}
+
+/// Endpoints the host serves itself, before any plugin route.
+fn platform_endpoint(method: &Method, path: &str) -> Option<Result<Response<Body>, ApiError>> {
+    match path {
+        "/health" => Some(if method == Method::GET || method == Method::HEAD {
+            Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+        } else {
+            Err(ApiError::MethodNotAllowed {
+                allow: vec!["GET".into(), "HEAD".into()],
+            })
+        }),
+        _ => None,
+    }
+}
+
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit`.
+async fn read_body(
+    body: Incoming,
+    content_length: Option<&HeaderValue>,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = content_length
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge { limit })
+        }
+        Err(_) => Err(ApiError::BadRequestBody),
+    }
+}
+
+fn plugin_error(failure: PluginFailure) -> ApiError {
+    match failure {
+        PluginFailure::Timeout(_) => ApiError::PluginTimeout,
+        PluginFailure::Exhausted(cause) => ApiError::Unavailable(cause),
+        other => ApiError::PluginFailed(other.to_string()),
+    }
+}
+
+/// Headers that describe the connection or the framing; hyper sets them, not plugins.
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "connection" | "keep-alive" | "transfer-encoding" | "content-length" | "upgrade" | "te" | "trailer"
+    )
+}
+
+/// The plugin's response, already validated by the runtime.
+fn into_http_response(guest: bindings::Response) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(guest.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(guest.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    for (name, value) in guest.headers {
+        if is_hop_by_hop(&name) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    response
+}

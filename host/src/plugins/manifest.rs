@@ -1,0 +1,273 @@
+//! `plugin.toml`: what a plugin serves, what it may import, and its limits.
+//!
+//! Parsing is strict: an unknown key is an error naming the file and the key, so a typo
+//! in a grant or a limit can never silently fall back to a default.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use serde::Deserialize;
+
+/// Paths the host serves itself; no plugin may claim them.
+const RESERVED_PREFIXES: [&str; 3] = ["/health", "/ready", "/admin"];
+
+/// Upper bounds an operator can raise a plugin's limits to.
+const MAX_MEMORY_MB: u32 = 512;
+const MAX_TIMEOUT_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    /// File name of the component, relative to the manifest's directory.
+    pub component: String,
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub capabilities: Grants,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    pub method: String,
+    /// A path pattern: literal segments and `{param}` segments.
+    pub path: String,
+    #[serde(default)]
+    pub auth: AuthPolicy,
+}
+
+/// What the host checks before the plugin runs.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthPolicy {
+    /// No token is looked at.
+    #[default]
+    None,
+    /// A valid bearer access token yields a principal; no token is fine; a bad one is 401.
+    Optional,
+    /// A valid bearer access token is needed, else 401 before the plugin runs.
+    Required,
+}
+
+/// Capability grants: each capability interface is linked for the plugin only if granted.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    #[serde(default)]
+    pub sql: bool,
+    #[serde(default)]
+    pub kv: bool,
+    #[serde(default)]
+    pub tokens: BTreeSet<TokenOperation>,
+    #[serde(default)]
+    pub passwords: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenOperation {
+    Issue,
+    Verify,
+    Revoke,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory one instance may grow to.
+    pub memory_mb: u32,
+    /// Wall-clock time one request may spend in the plugin.
+    pub timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_mb: 64,
+            timeout_ms: 2_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn memory_bytes(&self) -> usize {
+        self.memory_mb as usize * 1024 * 1024
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// A manifest read from disk, with where it came from.
+#[derive(Debug, Clone)]
+pub struct LocatedManifest {
+    pub manifest: Manifest,
+    pub manifest_path: PathBuf,
+    pub component_path: PathBuf,
+}
+
+impl Manifest {
+    /// Reads and validates `<dir>/plugin.toml`. Every error names the file.
+    pub fn load(dir: &Path) -> anyhow::Result<LocatedManifest> {
+        let manifest_path = dir.join("plugin.toml");
+        let text = std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("{}: cannot read", manifest_path.display()))?;
+        let manifest = Self::parse(&text)
+            .with_context(|| format!("{}: invalid manifest", manifest_path.display()))?;
+        let component_path = dir.join(&manifest.component);
+        Ok(LocatedManifest {
+            manifest,
+            manifest_path,
+            component_path,
+        })
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let manifest: Self = toml::from_str(text)?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            !self.name.is_empty()
+                && self.name.len() <= 64
+                && self
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'),
+            "`name` must be 1-64 characters of a-z, 0-9, `-` and `_`"
+        );
+        ensure!(!self.version.trim().is_empty(), "`version` must not be empty");
+        ensure!(
+            !self.component.is_empty()
+                && !self.component.contains(['/', '\\'])
+                && self.component != ".."
+                && self.component.ends_with(".wasm"),
+            "`component` must be a `.wasm` file name in the plugin's directory"
+        );
+        ensure!(
+            (1..=MAX_MEMORY_MB).contains(&self.limits.memory_mb),
+            "`limits.memory_mb` must be between 1 and {MAX_MEMORY_MB}"
+        );
+        ensure!(
+            (1..=MAX_TIMEOUT_MS).contains(&self.limits.timeout_ms),
+            "`limits.timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"
+        );
+        let mut seen = BTreeSet::new();
+        for route in &self.routes {
+            route.validate()?;
+            if !seen.insert((route.method.as_str(), route.path.as_str())) {
+                bail!("route {} {} is declared twice", route.method, route.path);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RouteSpec {
+    fn validate(&self) -> anyhow::Result<()> {
+        const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+        ensure!(
+            METHODS.contains(&self.method.as_str()),
+            "route method `{}` must be one of {}",
+            self.method,
+            METHODS.join(", ")
+        );
+        let path = &self.path;
+        ensure!(
+            path.starts_with('/'),
+            "route path `{path}` must start with `/`"
+        );
+        ensure!(
+            !RESERVED_PREFIXES
+                .iter()
+                .any(|p| path == p || path.starts_with(&format!("{p}/"))),
+            "route path `{path}` is reserved for the host"
+        );
+        for segment in path.split('/').skip(1) {
+            if let Some(inner) = segment.strip_prefix('{') {
+                let name = inner.strip_suffix('}').unwrap_or_default();
+                ensure!(
+                    !name.is_empty()
+                        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "route path `{path}`: `{segment}` must be a whole segment like `{{id}}`"
+                );
+            } else {
+                ensure!(
+                    !segment.contains(['{', '}', '*', '?', '#']),
+                    "route path `{path}`: segment `{segment}` has a reserved character"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        name = "hello"
+        version = "1.0.0"
+        component = "hello.wasm"
+
+        [[route]]
+        method = "GET"
+        path = "/hello/{name}"
+    "#;
+
+    #[test]
+    fn minimal_manifest_gets_defaults() -> anyhow::Result<()> {
+        let manifest = Manifest::parse(MINIMAL)?;
+        assert_eq!(manifest.routes[0].auth, AuthPolicy::None);
+        assert_eq!(manifest.limits, Limits::default());
+        assert_eq!(manifest.capabilities, Grants::default());
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        for (text, key) in [
+            (format!("{MINIMAL}\ncolour = 1"), "colour"),
+            (format!("{MINIMAL}\n[limits]\nmemory_gb = 1"), "memory_gb"),
+            (format!("{MINIMAL}\n[capabilities]\nnetwork = true"), "network"),
+        ] {
+            let err = Manifest::parse(&text).expect_err(key);
+            assert!(format!("{err:#}").contains(key), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn bad_routes_are_refused() {
+        for (method, path) in [
+            ("GET", "no-slash"),
+            ("BREW", "/coffee"),
+            ("GET", "/health"),
+            ("GET", "/admin/plugins"),
+            ("GET", "/a/{x"),
+            ("GET", "/a/b{x}"),
+            ("GET", "/a/{*rest}"),
+        ] {
+            let text = format!(
+                "name = \"x\"\nversion = \"1\"\ncomponent = \"x.wasm\"\n\
+                 [[route]]\nmethod = \"{method}\"\npath = \"{path}\"\n"
+            );
+            assert!(Manifest::parse(&text).is_err(), "{method} {path} accepted");
+        }
+    }
+
+    #[test]
+    fn component_must_stay_in_the_plugin_directory() {
+        let text = MINIMAL.replace("hello.wasm", "../other/hello.wasm");
+        assert!(Manifest::parse(&text).is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! Plugins: manifests, compilation and linking, the route table, and the registry that
+//! serves the current table.
+//!
+//! Loading a plugin is: read `plugin.toml` → read the component and hash it → compile →
+//! check its imports against its grants → link only the granted capabilities →
+//! `instantiate_pre`. All of it happens off the request path; the request path only ever
+//! instantiates a ready [`runtime::ReadyComponent`].
+
+pub mod manifest;
+pub mod routes;
+pub mod runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+
+use crate::bindings::PluginPre;
+use crate::capabilities;
+use manifest::{LocatedManifest, Manifest};
+use routes::RouteTable;
+use runtime::{InstanceState, PluginEngine, ReadyComponent};
+
+/// The WIT package whose interfaces are capabilities (and whose `handler` is the export).
+const PLUGIN_PACKAGE: &str = "plinth:plugin/";
+
+/// A plugin ready to serve.
+#[derive(Debug)]
+pub struct LoadedPlugin {
+    pub name: String,
+    pub version: String,
+    /// SHA-256 of the component bytes, hex.
+    pub content_hash: String,
+    pub manifest: Manifest,
+    pub manifest_path: PathBuf,
+    pub loaded_at: SystemTime,
+    pub component: ReadyComponent,
+}
+
+impl LoadedPlugin {
+    /// "`GET /x` of plugin `p` (path/plugin.toml)", for error messages.
+    pub fn describe_route(&self, pattern: &str) -> String {
+        format!(
+            "`{pattern}` of plugin `{}` ({})",
+            self.name,
+            self.manifest_path.display()
+        )
+    }
+
+    /// Reads, compiles and links the plugin in `dir`.
+    pub async fn load(engine: &PluginEngine, dir: &Path) -> anyhow::Result<Self> {
+        let LocatedManifest {
+            manifest,
+            manifest_path,
+            component_path,
+        } = Manifest::load(dir)?;
+        let bytes = tokio::fs::read(&component_path)
+            .await
+            .with_context(|| format!("{}: cannot read component", component_path.display()))?;
+        let content_hash = hex(&Sha256::digest(&bytes));
+
+        // Compiling is CPU-bound (milliseconds to seconds): keep it off the async workers.
+        let engine_for_compile = engine.engine().clone();
+        let component = tokio::task::spawn_blocking(move || {
+            Component::new(&engine_for_compile, &bytes)
+        })
+        .await?
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{}: not a loadable component", component_path.display()))?;
+
+        check_imports(engine, &component, &manifest)
+            .with_context(|| format!("{}: imports beyond its grants", manifest_path.display()))?;
+
+        let mut linker = Linker::<InstanceState>::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        capabilities::link_granted(&mut linker, &manifest.capabilities)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{}: cannot be linked", component_path.display()))?;
+
+        Ok(Self {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            content_hash,
+            manifest_path,
+            loaded_at: SystemTime::now(),
+            component: ReadyComponent {
+                engine: engine.engine().clone(),
+                pre,
+                plugin_name: Arc::from(manifest.name.as_str()),
+                memory_bytes: manifest.limits.memory_bytes(),
+                timeout: manifest.limits.timeout(),
+            },
+            manifest,
+        })
+    }
+}
+
+/// Refuses a component that imports a capability its manifest does not grant, naming it.
+/// WASI imports are linked for every plugin with an empty context (no files, network or
+/// environment), so they need no grant.
+fn check_imports(
+    engine: &PluginEngine,
+    component: &Component,
+    manifest: &Manifest,
+) -> anyhow::Result<()> {
+    let granted = capabilities::granted_interfaces(&manifest.capabilities);
+    for (name, _) in component.component_type().imports(engine.engine()) {
+        if name.starts_with("wasi:") {
+            continue;
+        }
+        let interface = name
+            .strip_prefix(PLUGIN_PACKAGE)
+            .map(|rest| rest.split('@').next().unwrap_or(rest));
+        match interface {
+            Some("types") => {}
+            Some(interface) if granted.contains(&interface) => {}
+            Some(interface) => bail!(
+                "the component imports `{name}`, but `[capabilities]` does not grant `{interface}`"
+            ),
+            None => bail!("the component imports `{name}`, which the host does not provide"),
+        }
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Loads every plugin directory under `dir` (each holding a `plugin.toml`) and builds one
+/// route table. Any failure is an error naming the plugin's file.
+pub async fn load_all(engine: &PluginEngine, dir: &Path) -> anyhow::Result<RouteTable> {
+    let mut entries = std::fs::read_dir(dir)
+        .with_context(|| format!("PLUGINS_DIR {}: cannot read", dir.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    let mut plugins = Vec::new();
+    for entry in entries {
+        let path = entry.path();
+        if !path.is_dir() || entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if !path.join("plugin.toml").is_file() {
+            tracing::warn!(dir = %path.display(), "skipping a directory without plugin.toml");
+            continue;
+        }
+        let plugin = LoadedPlugin::load(engine, &path).await?;
+        if let Some(same) = plugins.iter().find(|p: &&Arc<LoadedPlugin>| p.name == plugin.name) {
+            bail!(
+                "{} and {} both name a plugin `{}`",
+                same.manifest_path.display(),
+                plugin.manifest_path.display(),
+                plugin.name
+            );
+        }
+        tracing::info!(
+            plugin = %plugin.name,
+            version = %plugin.version,
+            hash = %&plugin.content_hash[..12],
+            routes = plugin.manifest.routes.len(),
+            "plugin loaded"
+        );
+        plugins.push(Arc::new(plugin));
+    }
+    RouteTable::build(plugins)
+}
+
+/// The route table currently serving. Readers take a snapshot per request, so a swap never
+/// changes the plugin under a request that has already started.
+#[derive(Debug)]
+pub struct Registry {
+    table: ArcSwap<RouteTable>,
+}
+
+impl Registry {
+    pub fn new(table: RouteTable) -> Self {
+        Self {
+            table: ArcSwap::from_pointee(table),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<RouteTable> {
+        self.table.load_full()
+    }
+}

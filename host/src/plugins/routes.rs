@@ -1,0 +1,132 @@
+//! The route table: method + path pattern → plugin, built from all manifests at once.
+//!
+//! A table is immutable; a reload builds a new one and swaps it in whole, so a request
+//! resolves against exactly one consistent set of plugins.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::bail;
+use http::Method;
+
+use super::LoadedPlugin;
+use super::manifest::AuthPolicy;
+use crate::error::ApiError;
+
+/// Where a matched request goes.
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    pub plugin: Arc<LoadedPlugin>,
+    pub method: Method,
+    pub pattern: Arc<str>,
+    pub auth: AuthPolicy,
+}
+
+#[derive(Debug)]
+struct PathEntry {
+    targets: Vec<RouteTarget>,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    router: matchit::Router<PathEntry>,
+    plugins: Vec<Arc<LoadedPlugin>>,
+}
+
+/// A resolved request: the target and the decoded `{param}` values.
+#[derive(Debug)]
+pub struct RouteMatch<'a> {
+    pub target: &'a RouteTarget,
+    pub params: Vec<(String, String)>,
+}
+
+impl RouteTable {
+    /// Builds the table; two plugins claiming the same method and path, or patterns that
+    /// cannot be told apart, are an error naming both manifests.
+    pub fn build(plugins: Vec<Arc<LoadedPlugin>>) -> anyhow::Result<Self> {
+        let mut by_pattern: BTreeMap<&str, Vec<RouteTarget>> = BTreeMap::new();
+        for plugin in &plugins {
+            for route in &plugin.manifest.routes {
+                let method = Method::from_bytes(route.method.as_bytes())?;
+                let targets = by_pattern.entry(route.path.as_str()).or_default();
+                if let Some(other) = targets.iter().find(|t| t.method == method) {
+                    bail!(
+                        "route conflict: {} {} is claimed by plugin `{}` ({}) and plugin `{}` ({})",
+                        route.method,
+                        route.path,
+                        other.plugin.name,
+                        other.plugin.manifest_path.display(),
+                        plugin.name,
+                        plugin.manifest_path.display(),
+                    );
+                }
+                targets.push(RouteTarget {
+                    plugin: plugin.clone(),
+                    method,
+                    pattern: Arc::from(route.path.as_str()),
+                    auth: route.auth,
+                });
+            }
+        }
+
+        let mut router = matchit::Router::new();
+        let mut inserted: Vec<(&str, Arc<LoadedPlugin>)> = Vec::new();
+        for (pattern, targets) in by_pattern {
+            let owner = targets[0].plugin.clone();
+            if let Err(err) = router.insert(pattern, PathEntry { targets }) {
+                let other = match &err {
+                    matchit::InsertError::Conflict { with } => inserted
+                        .iter()
+                        .find(|(p, _)| p == with)
+                        .map(|(p, plugin)| plugin.describe_route(p))
+                        .unwrap_or_else(|| format!("`{with}`")),
+                    _ => "another route".to_owned(),
+                };
+                bail!(
+                    "route conflict: {} overlaps {other}",
+                    owner.describe_route(pattern)
+                );
+            }
+            inserted.push((pattern, owner));
+        }
+        Ok(Self { router, plugins })
+    }
+
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
+    /// Finds the target for `method` and `path`: 404 when no pattern matches the path,
+    /// 405 with the allowed methods when the path matches but the method does not.
+    /// `HEAD` is served by the `GET` route.
+    pub fn resolve(&self, method: &Method, path: &str) -> Result<RouteMatch<'_>, ApiError> {
+        let matched = self.router.at(path).map_err(|_| ApiError::NotFound)?;
+        let wanted = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        let Some(target) = matched.value.targets.iter().find(|t| t.method == wanted) else {
+            let mut allow: Vec<String> = matched
+                .value
+                .targets
+                .iter()
+                .map(|t| t.method.to_string())
+                .collect();
+            if allow.iter().any(|m| m == "GET") {
+                allow.push("HEAD".into());
+            }
+            allow.sort();
+            return Err(ApiError::MethodNotAllowed { allow });
+        };
+        let params = matched
+            .params
+            .iter()
+            .map(|(name, raw)| {
+                let value = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+                (name.to_owned(), value.into_owned())
+            })
+            .collect();
+        Ok(RouteMatch { target, params })
+    }
+}

@@ -1,0 +1,218 @@
+//! The wasmtime side of a plugin: one engine, a fresh store per request, limits.
+//!
+//! The engine is configured once: async support (capability calls are async), the pooling
+//! allocator (instantiation is a few microseconds and memory is reset, not re-mapped, per
+//! request) and epoch interruption driven by one ticker thread. Each request runs in a new
+//! [`Store`] with the plugin's memory limit and a deadline; while under its deadline a
+//! guest yields to tokio at every tick, so a busy plugin never holds a worker thread.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use wasmtime::component::ResourceTable;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::{PluginPre, Request, Response};
+
+/// How often the epoch advances: the granularity of deadlines and of guest yields.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Instances alive at once across all plugins; beyond it a request gets 503.
+const MAX_LIVE_INSTANCES: u32 = 1_000;
+
+/// Largest linear memory any plugin may be granted (manifests ask for less).
+const MAX_MEMORY_BYTES: usize = 512 * 1024 * 1024;
+
+/// Memory kept mapped between uses of a pool slot: resetting it is cheaper than unmapping
+/// it. A Rust guest's stack and small heap fit.
+const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
+
+/// The per-process plugin engine.
+#[derive(Clone, Debug)]
+pub struct PluginEngine {
+    engine: Engine,
+}
+
+impl PluginEngine {
+    pub fn new() -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(MAX_LIVE_INSTANCES)
+            .total_memories(MAX_LIVE_INSTANCES)
+            .total_tables(MAX_LIVE_INSTANCES * 4)
+            .total_core_instances(MAX_LIVE_INSTANCES * 8)
+            .total_stacks(MAX_LIVE_INSTANCES)
+            .max_memory_size(MAX_MEMORY_BYTES)
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(64 * 1024);
+
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("configuring the wasm engine")?;
+        spawn_epoch_ticker(&engine)?;
+        Ok(Self { engine })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// One thread per engine advances the epoch; it ends when the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("plinth-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("starting the epoch ticker thread")?;
+    Ok(())
+}
+
+/// The data of one request's store: WASI (with nothing granted), limits, and the context
+/// that capability calls need.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    pub plugin_name: Arc<str>,
+}
+
+impl std::fmt::Debug for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceState")
+            .field("plugin_name", &self.plugin_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Why a plugin call produced no usable response.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginFailure {
+    #[error("plugin exceeded its time limit of {0:?}")]
+    Timeout(Duration),
+    #[error("plugin trapped: {0}")]
+    Trap(String),
+    #[error("plugin returned an invalid response: {0}")]
+    InvalidResponse(String),
+    #[error("no instance slot free: {0}")]
+    Exhausted(String),
+}
+
+/// A compiled, linked plugin ready to be instantiated per request.
+pub struct ReadyComponent {
+    pub(crate) engine: Engine,
+    pub(crate) pre: PluginPre<InstanceState>,
+    pub(crate) plugin_name: Arc<str>,
+    pub(crate) memory_bytes: usize,
+    pub(crate) timeout: Duration,
+}
+
+impl std::fmt::Debug for ReadyComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyComponent")
+            .field("plugin_name", &self.plugin_name)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadyComponent {
+    /// Runs `request` in a fresh instance: nothing survives from one request to the next.
+    pub async fn call(&self, request: &Request) -> Result<Response, PluginFailure> {
+        let mut store = self.new_store();
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|err| self.classify(err, true))?;
+        let response = instance
+            .plinth_plugin_handler()
+            .call_handle(&mut store, request)
+            .await
+            .map_err(|err| self.classify(err, false))?;
+        validate_response(&response)?;
+        Ok(response)
+    }
+
+    fn new_store(&self) -> Store<InstanceState> {
+        let state = InstanceState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.memory_bytes)
+                .instances(64)
+                .tables(64)
+                .memories(4)
+                .build(),
+            plugin_name: self.plugin_name.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        // Wake at every tick: yield to tokio while time remains, trap once it has run out.
+        let deadline = Instant::now() + self.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    fn classify(&self, err: wasmtime::Error, instantiating: bool) -> PluginFailure {
+        if let Some(Trap::Interrupt) = err.downcast_ref::<Trap>() {
+            return PluginFailure::Timeout(self.timeout);
+        }
+        let message = format!("{err:#}");
+        if instantiating && message.contains("maximum concurrent") {
+            return PluginFailure::Exhausted(message);
+        }
+        PluginFailure::Trap(message)
+    }
+}
+
+fn validate_response(response: &Response) -> Result<(), PluginFailure> {
+    if !(200..=599).contains(&response.status) {
+        return Err(PluginFailure::InvalidResponse(format!(
+            "status {} is outside 200-599",
+            response.status
+        )));
+    }
+    for (name, value) in &response.headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(value).is_err()
+        {
+            return Err(PluginFailure::InvalidResponse(format!(
+                "header `{}` is not valid HTTP",
+                name.escape_debug()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! # plinth-sdk: write a Plinth endpoint plugin
+//!
+//! A plugin is a `cdylib` crate built with `cargo build --target wasm32-wasip2`. It
+//! implements [`Handler`] and exports itself with [`export_plugin!`]:
+//!
+//! ```ignore
+//! use plinth_sdk::{Handler, Request, Response};
+//!
+//! struct Hello;
+//!
+//! impl Handler for Hello {
+//!     fn handle(request: Request) -> Response {
+//!         let name = request.param("name").unwrap_or("world");
+//!         Response::json(200, &serde_json::json!({ "message": format!("Hello, {name}!") }))
+//!     }
+//! }
+//!
+//! plinth_sdk::export_plugin!(Hello);
+//! ```
+//!
+//! The host calls `handle` once per request, in a fresh instance: keep no state in
+//! statics expecting to see it again. Reach the outside world only through the capability
+//! modules re-exported here ([`log`], [`sql`], [`kv`], [`tokens`], [`passwords`]); each
+//! must be granted in `plugin.toml`, and a plugin importing one that is not granted is
+//! refused at load time.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_plugin_world",
+        default_bindings_module: "plinth_sdk::bindings",
+        generate_all,
+    });
+}
+
+pub use bindings::exports::plinth::plugin::handler::Guest as Handler;
+pub use bindings::plinth::plugin::types::{Principal, Request, Response};
+pub use bindings::plinth::plugin::{kv, passwords, sql, tokens};
+
+/// Exports `$handler` (a type implementing [`Handler`]) as the plugin's entry point.
+#[macro_export]
+macro_rules! export_plugin {
+    ($handler:ident) => {
+        $crate::bindings::__export_plugin_world!($handler with_types_in $crate::bindings);
+    };
+}
+
+/// Log lines that the host records under this request's id and the plugin's name.
+pub mod log {
+    use crate::bindings::plinth::plugin::log::{Level, log};
+
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+impl Request {
+    /// The value of the route's `{name}` segment.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as UTF-8 text, if it is.
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.body).ok()
+    }
+}
+
+impl Response {
+    /// A response with `body` as JSON and API.md's content type.
+    pub fn json(status: u16, body: &impl serde::Serialize) -> Self {
+        match serde_json::to_vec(body) {
+            Ok(bytes) => Self {
+                status,
+                headers: vec![(
+                    "content-type".into(),
+                    "application/json; charset=utf-8".into(),
+                )],
+                body: bytes,
+            },
+            Err(_) => Self::error(500, "INTERNAL_ERROR", "The response could not be encoded"),
+        }
+    }
+
+    /// API.md's error shape: `{"detail": ..., "code": ...}`.
+    pub fn error(status: u16, code: &str, detail: &str) -> Self {
+        Self::json(
+            status,
+            &serde_json::json!({ "detail": detail, "code": code }),
+        )
+    }
+
+    /// A response with no body (e.g. 204).
+    pub fn empty(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}

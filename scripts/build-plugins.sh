@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds every plugin with `cargo build --target wasm32-wasip2` (no other tool) and lays
+# them out as deployable plugin directories:
+#   target/plugins/<name>/{plugin.toml,<name>.wasm}        deployed by default
+#   target/test-plugins/<name>/{plugin.toml,<name>.wasm}   for tests only, never deployed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+deployed=(hello)
+testing=(trap spin membomb badstatus)
+
+packages=()
+for p in "${deployed[@]}" "${testing[@]}"; do packages+=(-p "plinth-plugin-$p"); done
+cargo build --release --locked --target wasm32-wasip2 "${packages[@]}"
+
+lay_out() { # <source dir with plugin.toml> <name> <destination root>
+  local src=$1 name=$2 root=$3
+  local dest="$root/$name"
+  mkdir -p "$dest"
+  cp "$src/plugin.toml" "$dest/plugin.toml.tmp" && mv "$dest/plugin.toml.tmp" "$dest/plugin.toml"
+  local component
+  component=$(sed -n 's/^component *= *"\(.*\)"/\1/p' "$src/plugin.toml")
+  # Copy then rename: a watching host never sees a half-written component.
+  cp "target/wasm32-wasip2/release/plinth_plugin_${name}.wasm" "$dest/$component.tmp"
+  mv "$dest/$component.tmp" "$dest/$component"
+}
+for p in "${deployed[@]}"; do lay_out "plugins/$p" "$p" target/plugins; done
+for p in "${testing[@]}"; do lay_out "plugins/testing/$p" "$p" target/test-plugins; done
+echo "plugins ready in target/plugins (test plugins in target/test-plugins)"
