@@ -63,8 +63,7 @@ impl Config {
             .map(PathBuf::from)
             .unwrap_or_else(default_plugins_dir);
         let max_body_bytes = parse_or(&get, "MAX_BODY_BYTES", 1024 * 1024)?;
-        let shutdown_grace =
-            Duration::from_secs(parse_or(&get, "SHUTDOWN_GRACE_SECONDS", 30)?);
+        let shutdown_grace = Duration::from_secs(parse_or(&get, "SHUTDOWN_GRACE_SECONDS", 30)?);
 
         Ok(Self {
             bind_addr,
@@ -136,7 +135,10 @@ mod tests {
             ("MAX_BODY_BYTES", "-1"),
         ] {
             let err = config(&[(key, value)]).expect_err(key);
-            assert!(format!("{err:#}").contains(key), "{err:#} should name {key}");
+            assert!(
+                format!("{err:#}").contains(key),
+                "{err:#} should name {key}"
+            );
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
@@ -43,7 +43,11 @@ struct Outcome {
 }
 
 /// Serves one request. Never fails: every failure is already a response.
-pub async fn handle(state: Arc<AppState>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id::from_headers_or_new(request.headers());
     let method = request.method().clone();
@@ -100,10 +104,16 @@ async fn dispatch(
     outcome.plugin = Some((target.plugin.name.clone(), target.plugin.version.clone()));
 
     let (parts, body) = request.into_parts();
-    let body = read_body(body, parts.headers.get(http::header::CONTENT_LENGTH), state.max_body_bytes).await?;
+    let body = read_body(
+        body,
+        parts.headers.get(http::header::CONTENT_LENGTH),
+        state.max_body_bytes,
+    )
+    .await?;
 
     let guest_request = bindings::Request {
-        method: parts.method.to_string(),
+        // HEAD is served by the GET route: the plugin sees GET, hyper sends no body.
+        method: target.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers: parts
@@ -133,7 +143,10 @@ async fn dispatch(
 fn platform_endpoint(method: &Method, path: &str) -> Option<Result<Response<Body>, ApiError>> {
     match path {
         "/health" => Some(if method == Method::GET || method == Method::HEAD {
-            Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok"}),
+            ))
         } else {
             Err(ApiError::MethodNotAllowed {
                 allow: vec!["GET".into(), "HEAD".into()],
@@ -143,25 +156,54 @@ fn platform_endpoint(method: &Method, path: &str) -> Option<Result<Response<Body
     }
 }
 
-/// Reads the whole body, refusing it as soon as it is known to exceed `limit`.
+/// How much of a too-large body is read and thrown away so the client finishes sending and
+/// reads the 413, instead of seeing its upload cut off by a closed connection.
+const DISCARD_BUDGET_BYTES: u64 = 8 * 1024 * 1024;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the whole body, refusing it (413) as soon as it is known to exceed `limit`.
 async fn read_body(
-    body: Incoming,
+    mut body: Incoming,
     content_length: Option<&HeaderValue>,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
     let declared = content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    if let Some(declared) = declared
+        && declared > limit as u64
+    {
+        if declared <= limit as u64 + DISCARD_BUDGET_BYTES {
+            discard(body).await;
+        }
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge { limit })
+    let mut collected = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ApiError::BadRequestBody)?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > limit {
+                discard(body).await;
+                return Err(ApiError::PayloadTooLarge { limit });
+            }
+            collected.extend_from_slice(&data);
         }
-        Err(_) => Err(ApiError::BadRequestBody),
     }
+    Ok(collected.freeze())
+}
+
+/// Reads and drops the rest of `body`, within a byte and time budget.
+async fn discard(mut body: Incoming) {
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DISCARD_BUDGET_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
 }
 
 fn plugin_error(failure: PluginFailure) -> ApiError {
@@ -176,7 +218,13 @@ fn plugin_error(failure: PluginFailure) -> ApiError {
 fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name.to_ascii_lowercase().as_str(),
-        "connection" | "keep-alive" | "transfer-encoding" | "content-length" | "upgrade" | "te" | "trailer"
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "content-length"
+            | "upgrade"
+            | "te"
+            | "trailer"
     )
 }
 

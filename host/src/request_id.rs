@@ -43,7 +43,12 @@ mod tests {
 
     #[test]
     fn replaces_an_insane_one() {
-        for bad in [&b"has space"[..], &b""[..], "a".repeat(129).as_bytes(), b"tab\there"] {
+        for bad in [
+            &b"has space"[..],
+            &b""[..],
+            "a".repeat(129).as_bytes(),
+            b"tab\there",
+        ] {
             let id = id_for(bad);
             assert_ne!(id.as_bytes(), bad);
             assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");

@@ -82,9 +82,13 @@ impl Application {
             let state = self.state.clone();
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(pipeline::handle(state, request, peer).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(pipeline::handle(state, request, peer).await)
+                }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
@@ -97,7 +101,9 @@ impl Application {
         tracing::info!(in_flight_connections = graceful.count(), "shutting down");
         match tokio::time::timeout(self.shutdown_grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections closed"),
-            Err(_) => tracing::warn!(grace = ?self.shutdown_grace, "grace period over; closing the rest"),
+            Err(_) => {
+                tracing::warn!(grace = ?self.shutdown_grace, "grace period over; closing the rest")
+            }
         }
         Ok(())
     }

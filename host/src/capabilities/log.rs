@@ -41,7 +41,8 @@ fn truncate(message: &str, max: usize) -> &str {
 mod tests {
     #[test]
     fn truncation_respects_char_boundaries() {
-        assert_eq!(super::truncate("ñañaña", 3), "ñ");
+        assert_eq!(super::truncate("ñañaña", 4), "ña");
+        assert_eq!(super::truncate("ñañaña", 1), "");
         assert_eq!(super::truncate("short", 100), "short");
     }
 }

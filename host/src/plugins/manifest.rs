@@ -145,7 +145,10 @@ impl Manifest {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'),
             "`name` must be 1-64 characters of a-z, 0-9, `-` and `_`"
         );
-        ensure!(!self.version.trim().is_empty(), "`version` must not be empty");
+        ensure!(
+            !self.version.trim().is_empty(),
+            "`version` must not be empty"
+        );
         ensure!(
             !self.component.is_empty()
                 && !self.component.contains(['/', '\\'])
@@ -196,8 +199,7 @@ impl RouteSpec {
             if let Some(inner) = segment.strip_prefix('{') {
                 let name = inner.strip_suffix('}').unwrap_or_default();
                 ensure!(
-                    !name.is_empty()
-                        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                     "route path `{path}`: `{segment}` must be a whole segment like `{{id}}`"
                 );
             } else {
@@ -239,7 +241,10 @@ mod tests {
         for (text, key) in [
             (format!("{MINIMAL}\ncolour = 1"), "colour"),
             (format!("{MINIMAL}\n[limits]\nmemory_gb = 1"), "memory_gb"),
-            (format!("{MINIMAL}\n[capabilities]\nnetwork = true"), "network"),
+            (
+                format!("{MINIMAL}\n[capabilities]\nnetwork = true"),
+                "network",
+            ),
         ] {
             let err = Manifest::parse(&text).expect_err(key);
             assert!(format!("{err:#}").contains(key), "{err:#}");

@@ -65,12 +65,13 @@ impl LoadedPlugin {
 
         // Compiling is CPU-bound (milliseconds to seconds): keep it off the async workers.
         let engine_for_compile = engine.engine().clone();
-        let component = tokio::task::spawn_blocking(move || {
-            Component::new(&engine_for_compile, &bytes)
-        })
-        .await?
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("{}: not a loadable component", component_path.display()))?;
+        let component =
+            tokio::task::spawn_blocking(move || Component::new(&engine_for_compile, &bytes))
+                .await?
+                .map_err(anyhow::Error::from)
+                .with_context(|| {
+                    format!("{}: not a loadable component", component_path.display())
+                })?;
 
         check_imports(engine, &component, &manifest)
             .with_context(|| format!("{}: imports beyond its grants", manifest_path.display()))?;
@@ -152,7 +153,10 @@ pub async fn load_all(engine: &PluginEngine, dir: &Path) -> anyhow::Result<Route
             continue;
         }
         let plugin = LoadedPlugin::load(engine, &path).await?;
-        if let Some(same) = plugins.iter().find(|p: &&Arc<LoadedPlugin>| p.name == plugin.name) {
+        if let Some(same) = plugins
+            .iter()
+            .find(|p: &&Arc<LoadedPlugin>| p.name == plugin.name)
+        {
             bail!(
                 "{} and {} both name a plugin `{}`",
                 same.manifest_path.display(),
