@@ -11,7 +11,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format);
+    let _log_guard = telemetry::init(config.log_format);
     match run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

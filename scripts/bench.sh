@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The benchmark: loads each target with wrk (installed from Debian's packages if missing)
+# and prints requests/s and p50/p99 latency, with ratios.
+#
+#   bash scripts/bench.sh            # 10 s per target
+#   BENCH_SECONDS=30 BENCH_CONNECTIONS=128 bash scripts/bench.sh
+#
+# Targets: a bare hyper hello-world built here (the machine's ceiling), GET /health (host
+# only) and GET /hello/x (through a plugin instance). Client and servers share the machine,
+# as they do on a 2-core box; compare ratios rather than absolute figures across machines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${BENCH_SECONDS:-10}
+connections=${BENCH_CONNECTIONS:-64}
+threads=${BENCH_THREADS:-2}
+
+if ! command -v wrk >/dev/null; then
+  echo "bench: installing wrk" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk;
+  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi
+fi
+
+bash scripts/build-plugins.sh >/dev/null
+cargo build --release --locked -p plinth-host -p plinth-bench-hyper-hello 2>&1 | tail -1
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+# start <name> <command...>: runs a server on port 0, waits for its "listening" line.
+start() {
+  local name=$1; shift
+  "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 600); do
+    addr=$(grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$work/$name.log" | head -1 | sed -E 's|listening on (http://)?||') || true
+    [ -n "${addr:-}" ] && { echo "$addr"; return; }
+    sleep 0.1
+  done
+  echo "bench: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
+}
+
+# measure <label> <url>: prints "label rps p50_ms p99_ms" and keeps it for the summary.
+results=()
+measure() {
+  local label=$1 url=$2 out
+  wrk -t"$threads" -c"$connections" -d1s "$url" >/dev/null 2>&1 || true   # warm-up
+  out=$(wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency "$url")
+  local rps p50 p99 errors
+  rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)
+  errors=$(awk '/Non-2xx or 3xx responses:/ {print $5} /Socket errors:/ {print "socket:" $0}' <<<"$out" | tr '\n' ' ')
+  results+=("$label|$rps|$p50|$p99|${errors:-0}")
+}
+to_ms() {
+  awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
+}
+
+hyper_addr=$(BIND_ADDR=127.0.0.1:0 start hyper target/release/plinth-bench-hyper-hello)
+plinth_addr=$(BIND_ADDR=127.0.0.1:0 LOG_FORMAT=json start plinth target/release/plinth)
+
+measure "bare hyper hello-world" "http://$hyper_addr/"
+measure "plinth GET /health (host only)" "http://$plinth_addr/health"
+measure "plinth GET /hello/x (plugin)" "http://$plinth_addr/hello/x"
+
+echo
+echo "wrk -t$threads -c$connections -d${seconds}s, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+printf '%-34s %12s %10s %10s  %s\n' target "requests/s" "p50 ms" "p99 ms" "non-2xx"
+for row in "${results[@]}"; do
+  IFS='|' read -r label rps p50 p99 errors <<<"$row"
+  printf '%-34s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
+done
+rps_of() { IFS='|' read -r _ rps _ <<<"${results[$1]}"; echo "$rps"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f%%", (b > 0 ? 100*a/b : 0) }'; }
+echo
+echo "host-only / bare hyper:      $(ratio "$(rps_of 1)" "$(rps_of 0)")"
+echo "plugin path / bare hyper:    $(ratio "$(rps_of 2)" "$(rps_of 0)")"
+echo "plugin path / host-only:     $(ratio "$(rps_of 2)" "$(rps_of 1)")   (target: >= 50%)"
