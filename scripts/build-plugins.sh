@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-deployed=(hello)
+deployed=(hello auth users)
 testing=(trap spin membomb badstatus)
 
 packages=()

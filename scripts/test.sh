@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build-plugins.sh
 cargo build --release --locked -p plinth-host
+# PostgreSQL and Redis on localhost: started if installed and stopped. The tests that need
+# them fail with a clear message when they cannot be reached (they never pass silently).
+bash scripts/services.sh || true
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest

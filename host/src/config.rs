@@ -7,7 +7,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
+
+use crate::capabilities::bootstrap::FirstSuperuser;
+use crate::capabilities::sql::SqlConfig;
+use crate::capabilities::tokens::TokenConfig;
+
+/// Shortest `JWT_SECRET` accepted (API.md).
+const MIN_SECRET_BYTES: usize = 32;
 
 /// `development` relaxes nothing about correctness; `production` refuses insecure defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +29,7 @@ pub enum LogFormat {
     Json,
 }
 
+/// Everything the host is configured with. Secrets are redacted from `Debug`.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind_addr: SocketAddr,
@@ -33,6 +41,14 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    pub sql: SqlConfig,
+    /// `None`: the in-process key-value store. (May carry a password.)
+    pub redis_url: Option<Redacted<String>>,
+    /// Prefix of every key the host writes to the key-value store (several deployments,
+    /// or test runs, can share one Redis).
+    pub key_prefix: String,
+    pub tokens: TokenConfig,
+    pub first_superuser: Option<FirstSuperuser>,
 }
 
 impl Config {
@@ -65,6 +81,62 @@ impl Config {
         let max_body_bytes = parse_or(&get, "MAX_BODY_BYTES", 1024 * 1024)?;
         let shutdown_grace = Duration::from_secs(parse_or(&get, "SHUTDOWN_GRACE_SECONDS", 30)?);
 
+        let sql = SqlConfig {
+            url: get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/plinth.db".to_owned()),
+            read_url: get("DATABASE_READ_URL"),
+            max_connections: parse_or(&get, "DATABASE_MAX_CONNECTIONS", 16)?,
+        };
+        let secret = match get("JWT_SECRET") {
+            Some(secret) => {
+                ensure!(
+                    secret.len() >= MIN_SECRET_BYTES,
+                    "JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+                );
+                secret.into_bytes()
+            }
+            None => {
+                ensure!(
+                    app_env != AppEnv::Production,
+                    "JWT_SECRET is required when APP_ENV=production"
+                );
+                let mut secret = vec![0u8; 64];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+                secret
+            }
+        };
+        let tokens = TokenConfig {
+            ephemeral_secret: get("JWT_SECRET").is_none(),
+            secret,
+            access_ttl: Duration::from_secs(parse_or(&get, "ACCESS_TOKEN_TTL_SECONDS", 1800)?),
+            refresh_ttl: Duration::from_secs(parse_or(&get, "REFRESH_TOKEN_TTL_SECONDS", 604_800)?),
+        };
+        ensure!(
+            !tokens.access_ttl.is_zero() && !tokens.refresh_ttl.is_zero(),
+            "token lifetimes must be positive"
+        );
+        let first_superuser = match (
+            get("FIRST_SUPERUSER_EMAIL"),
+            get("FIRST_SUPERUSER_USERNAME"),
+            get("FIRST_SUPERUSER_PASSWORD"),
+        ) {
+            (None, None, None) => None,
+            (Some(email), Some(username), Some(password)) => {
+                ensure!(
+                    (8..=128).contains(&password.chars().count()),
+                    "FIRST_SUPERUSER_PASSWORD must be 8 to 128 characters"
+                );
+                Some(FirstSuperuser {
+                    email,
+                    username,
+                    password,
+                })
+            }
+            _ => bail!(
+                "FIRST_SUPERUSER_EMAIL, FIRST_SUPERUSER_USERNAME and FIRST_SUPERUSER_PASSWORD \
+                 must be set together"
+            ),
+        };
+
         Ok(Self {
             bind_addr,
             app_env,
@@ -72,7 +144,22 @@ impl Config {
             plugins_dir,
             max_body_bytes,
             shutdown_grace,
+            sql,
+            redis_url: get("REDIS_URL").map(Redacted),
+            key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "plinth".to_owned()),
+            tokens,
+            first_superuser,
         })
+    }
+}
+
+/// A value kept out of `Debug` output (URLs with passwords, secrets).
+#[derive(Clone)]
+pub struct Redacted<T>(pub T);
+
+impl<T> std::fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
     }
 }
 
@@ -108,6 +195,32 @@ fn default_plugins_dir() -> PathBuf {
 mod tests {
     use super::*;
 
+    #[test]
+    fn production_refuses_a_missing_secret() {
+        let err = config(&[("APP_ENV", "production")]).expect_err("no secret");
+        assert!(format!("{err:#}").contains("JWT_SECRET"));
+        let secret = "s".repeat(32);
+        assert!(config(&[("APP_ENV", "production"), ("JWT_SECRET", &secret)]).is_ok());
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() -> anyhow::Result<()> {
+        let secret = "super-secret-value-that-is-long-enough";
+        let config = config(&[
+            ("JWT_SECRET", secret),
+            ("DATABASE_URL", "postgres://app:hunter2@db/app"),
+            ("REDIS_URL", "redis://:redispass@cache:6379"),
+            ("FIRST_SUPERUSER_EMAIL", "root@example.com"),
+            ("FIRST_SUPERUSER_USERNAME", "root"),
+            ("FIRST_SUPERUSER_PASSWORD", "pa55word-root"),
+        ])?;
+        let shown = format!("{config:?}");
+        for hidden in [secret, "hunter2", "redispass", "pa55word-root"] {
+            assert!(!shown.contains(hidden), "{shown}");
+        }
+        Ok(())
+    }
+
     fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
         Config::from_lookup(|key| {
             vars.iter()
@@ -133,6 +246,9 @@ mod tests {
             ("APP_ENV", "staging"),
             ("LOG_FORMAT", "xml"),
             ("MAX_BODY_BYTES", "-1"),
+            ("JWT_SECRET", "too-short"),
+            ("ACCESS_TOKEN_TTL_SECONDS", "soon"),
+            ("FIRST_SUPERUSER_EMAIL", "root@example.com"),
         ] {
             let err = config(&[(key, value)]).expect_err(key);
             assert!(

@@ -34,6 +34,10 @@ pub enum Detail {
 pub enum ApiError {
     #[error("no route for the path")]
     NotFound,
+    #[error("not authenticated")]
+    NotAuthenticated,
+    #[error("not ready: {0}")]
+    NotReady(String),
     #[error("method not allowed")]
     MethodNotAllowed { allow: Vec<String> },
     #[error("request body larger than {limit} bytes")]
@@ -54,6 +58,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotAuthenticated => StatusCode::UNAUTHORIZED,
+            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequestBody => StatusCode::BAD_REQUEST,
@@ -67,6 +73,8 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::NotFound => "NOT_FOUND",
+            Self::NotAuthenticated => "NOT_AUTHENTICATED",
+            Self::NotReady(_) => "UNAVAILABLE",
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::BadRequestBody => "BAD_REQUEST",
@@ -81,6 +89,9 @@ impl ApiError {
     fn detail(&self) -> Detail {
         let message = match self {
             Self::NotFound => "Not found".to_owned(),
+            Self::NotAuthenticated => "Not authenticated".to_owned(),
+            // Names the backend ("database", "redis"), never its address or error text.
+            Self::NotReady(backend) => format!("Not ready: {backend} unavailable"),
             Self::MethodNotAllowed { .. } => "Method not allowed".to_owned(),
             Self::PayloadTooLarge { limit } => {
                 format!("Request body is larger than the limit of {limit} bytes")
@@ -106,6 +117,11 @@ impl ApiError {
             && let Ok(value) = HeaderValue::from_str(&allow.join(", "))
         {
             response.headers_mut().insert(header::ALLOW, value);
+        }
+        if let Self::NotAuthenticated = &self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

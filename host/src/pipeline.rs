@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! request id + span → platform endpoints → route match (404/405) → body limit (413)
-//!   → plugin instance → error mapping → X-Request-Id → access log line
+//!   → route auth policy (bearer JWT → principal, 401) → plugin instance
+//!   → error mapping → X-Request-Id → access log line
 //! ```
 //!
 //! Why this order: the request id comes first so that every later step, including a
 //! failure, is logged under it; host endpoints answer before the route table so no plugin
 //! can shadow them; the route is matched before the body is read so unknown paths cost
-//! nothing; errors of every step meet in [`ApiError::into_response`] and then receive the
+//! nothing; the token is checked after the body limit so an oversized upload is refused
+//! without a token lookup, and before the plugin so it never runs for a stranger; errors of every step meet in [`ApiError::into_response`] and then receive the
 //! same response headers as successes.
 
 use std::net::SocketAddr;
@@ -22,8 +24,12 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::bindings;
+use crate::bindings::plinth::plugin::tokens::TokenKind;
+use crate::capabilities::Capabilities;
+use crate::capabilities::tokens::TokenError;
 use crate::error::{ApiError, Body, json_response};
 use crate::plugins::Registry;
+use crate::plugins::manifest::AuthPolicy;
 use crate::plugins::routes::RouteMatch;
 use crate::plugins::runtime::PluginFailure;
 use crate::request_id;
@@ -32,6 +38,7 @@ use crate::request_id;
 #[derive(Debug)]
 pub struct AppState {
     pub registry: Registry,
+    pub capabilities: Arc<Capabilities>,
     pub max_body_bytes: usize,
 }
 
@@ -93,7 +100,7 @@ async fn dispatch(
     request_id: &str,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ApiError> {
-    if let Some(response) = platform_endpoint(request.method(), request.uri().path()) {
+    if let Some(response) = platform_endpoint(state, request.method(), request.uri().path()).await {
         return response;
     }
 
@@ -111,6 +118,8 @@ async fn dispatch(
     )
     .await?;
 
+    let principal = authenticate(state, target.auth, &parts.headers).await?;
+
     let guest_request = bindings::Request {
         // HEAD is served by the GET route: the plugin sees GET, hyper sends no body.
         method: target.method.to_string(),
@@ -127,7 +136,7 @@ async fn dispatch(
         route: target.pattern.to_string(),
         params,
         request_id: request_id.to_owned(),
-        principal: None,
+        principal,
     };
 
     let guest_response = target
@@ -140,19 +149,86 @@ async fn dispatch(
 }
 
 /// Endpoints the host serves itself, before any plugin route.
-fn platform_endpoint(method: &Method, path: &str) -> Option<Result<Response<Body>, ApiError>> {
-    match path {
-        "/health" => Some(if method == Method::GET || method == Method::HEAD {
-            Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({"status": "ok"}),
-            ))
-        } else {
-            Err(ApiError::MethodNotAllowed {
-                allow: vec!["GET".into(), "HEAD".into()],
-            })
-        }),
-        _ => None,
+async fn platform_endpoint(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+) -> Option<Result<Response<Body>, ApiError>> {
+    if !matches!(path, "/health" | "/ready") {
+        return None;
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return Some(Err(ApiError::MethodNotAllowed {
+            allow: vec!["GET".into(), "HEAD".into()],
+        }));
+    }
+    Some(match path {
+        "/health" => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        )),
+        _ => readiness(&state.capabilities).await,
+    })
+}
+
+/// Ready when the database (and Redis, when configured) answer.
+async fn readiness(capabilities: &Capabilities) -> Result<Response<Body>, ApiError> {
+    if let Err(cause) = capabilities.database.ping().await {
+        tracing::warn!(%cause, "not ready: database");
+        return Err(ApiError::NotReady("database".into()));
+    }
+    if let Err(cause) = capabilities.kv.ping().await {
+        tracing::warn!(%cause, "not ready: redis");
+        return Err(ApiError::NotReady("redis".into()));
+    }
+    let kv = if capabilities.kv.is_redis() {
+        "redis"
+    } else {
+        "in-process"
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ready", "database": "ok", "kv": kv}),
+    ))
+}
+
+/// Applies the route's auth policy: a verified bearer access token becomes the principal.
+/// `required` answers 401 without one; `optional` ignores a missing or unusable one.
+async fn authenticate(
+    state: &AppState,
+    policy: AuthPolicy,
+    headers: &http::HeaderMap,
+) -> Result<Option<bindings::Principal>, ApiError> {
+    if policy == AuthPolicy::None {
+        return Ok(None);
+    }
+    let token = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty());
+    let verified = match token {
+        Some(token) => {
+            state
+                .capabilities
+                .tokens
+                .verify(token, TokenKind::Access)
+                .await
+        }
+        None => Err(TokenError::Invalid),
+    };
+    match (verified, policy) {
+        (Ok(claims), _) => Ok(Some(bindings::Principal {
+            subject: claims.subject,
+            token_id: claims.token_id,
+            expires_at: claims.expires_at,
+        })),
+        (Err(TokenError::Unavailable), _) => Err(ApiError::Unavailable("token state store".into())),
+        (Err(_), AuthPolicy::Required) => Err(ApiError::NotAuthenticated),
+        (Err(_), _) => Ok(None),
     }
 }
 

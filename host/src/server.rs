@@ -12,6 +12,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::capabilities::{self, Capabilities};
 use crate::config::Config;
 use crate::pipeline::{self, AppState};
 use crate::plugins::{self, Registry, runtime::PluginEngine};
@@ -31,8 +32,18 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        if config.tokens.ephemeral_secret {
+            tracing::warn!(
+                "JWT_SECRET is not set: using a random secret for this process; tokens will \
+                 not survive a restart nor be accepted by other instances"
+            );
+        }
+        let capabilities = Arc::new(Capabilities::connect(&config).await?);
+        if let Some(user) = &config.first_superuser {
+            capabilities::bootstrap::ensure_first_superuser(&capabilities, user).await?;
+        }
         let engine = PluginEngine::new()?;
-        let table = plugins::load_all(&engine, &config.plugins_dir).await?;
+        let table = plugins::load_all(&engine, &capabilities, &config.plugins_dir).await?;
         tracing::info!(
             dir = %config.plugins_dir.display(),
             plugins = table.plugins().len(),
@@ -43,6 +54,7 @@ impl Application {
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
         let state = Arc::new(AppState {
             registry: Registry::new(table),
+            capabilities,
             max_body_bytes: config.max_body_bytes,
         });
         Ok(Self {

@@ -120,15 +120,29 @@ impl Default for PluginsDir {
     }
 }
 
+pub mod api;
+pub mod backend;
+pub mod proxy;
+
+pub use backend::Backend;
+
 /// How to start a host.
 #[derive(Debug)]
 pub struct HostBuilder {
     env: Vec<(String, String)>,
+    /// Holds the SQLite file (and anything else the host writes) for this host only.
+    data_dir: Arc<tempfile::TempDir>,
 }
 
 impl HostBuilder {
     pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
         self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Configures the database and key-value store of `backend`.
+    pub fn backend(mut self, backend: &Backend) -> Self {
+        self.env.extend(backend.env());
         self
     }
 
@@ -140,7 +154,13 @@ impl HostBuilder {
             .env("BIND_ADDR", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .env("JWT_SECRET", TEST_JWT_SECRET)
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}/plinth.db", self.data_dir.path().display()),
+            )
             .env("PLUGINS_DIR", plugins.path())
+            .current_dir(self.data_dir.path())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -193,6 +213,7 @@ impl HostBuilder {
             addr,
             logs,
             client: reqwest::Client::new(),
+            _data_dir: self.data_dir,
         }
     }
 
@@ -236,11 +257,39 @@ pub struct TestHost {
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     pub client: reqwest::Client,
+    _data_dir: Arc<tempfile::TempDir>,
 }
+
+/// The `JWT_SECRET` test hosts get, so tests can forge tokens with it (and without it).
+pub const TEST_JWT_SECRET: &str = "test-secret-for-plinth-black-box-tests-0123456789";
 
 impl TestHost {
     pub fn builder() -> HostBuilder {
-        HostBuilder { env: Vec::new() }
+        HostBuilder {
+            env: Vec::new(),
+            data_dir: Arc::new(tempfile::tempdir().expect("creating a data dir")),
+        }
+    }
+
+    /// Like [`start_api`](Self::start_api), with a first superuser `root@example.com`
+    /// (password `root-password`), logged in.
+    pub async fn start_api_with_root(backend: &Backend) -> (PluginsDir, Self, api::Tokens) {
+        let plugins = PluginsDir::with(&["auth", "users"]);
+        let host = Self::builder()
+            .backend(backend)
+            .env("FIRST_SUPERUSER_EMAIL", "root@example.com")
+            .env("FIRST_SUPERUSER_USERNAME", "root")
+            .env("FIRST_SUPERUSER_PASSWORD", "root-password")
+            .start(&plugins);
+        let root = host.tokens("root@example.com", "root-password").await;
+        (plugins, host, root)
+    }
+
+    /// A host serving the `auth` and `users` plugins on `backend`.
+    pub fn start_api(backend: &Backend) -> (PluginsDir, Self) {
+        let plugins = PluginsDir::with(&["auth", "users"]);
+        let host = Self::builder().backend(backend).start(&plugins);
+        (plugins, host)
     }
 
     /// A host with default configuration serving `plugins`.

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
 use crate::bindings::PluginPre;
-use crate::capabilities;
+use crate::capabilities::{self, Capabilities};
 use manifest::{LocatedManifest, Manifest};
 use routes::RouteTable;
 use runtime::{InstanceState, PluginEngine, ReadyComponent};
@@ -52,7 +52,11 @@ impl LoadedPlugin {
     }
 
     /// Reads, compiles and links the plugin in `dir`.
-    pub async fn load(engine: &PluginEngine, dir: &Path) -> anyhow::Result<Self> {
+    pub async fn load(
+        engine: &PluginEngine,
+        capabilities: &Arc<Capabilities>,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
         let LocatedManifest {
             manifest,
             manifest_path,
@@ -95,6 +99,8 @@ impl LoadedPlugin {
                 engine: engine.engine().clone(),
                 pre,
                 plugin_name: Arc::from(manifest.name.as_str()),
+                grants: Arc::new(manifest.capabilities.clone()),
+                capabilities: capabilities.clone(),
                 memory_bytes: manifest.limits.memory_bytes(),
                 timeout: manifest.limits.timeout(),
             },
@@ -137,7 +143,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Loads every plugin directory under `dir` (each holding a `plugin.toml`) and builds one
 /// route table. Any failure is an error naming the plugin's file.
-pub async fn load_all(engine: &PluginEngine, dir: &Path) -> anyhow::Result<RouteTable> {
+pub async fn load_all(
+    engine: &PluginEngine,
+    capabilities: &Arc<Capabilities>,
+    dir: &Path,
+) -> anyhow::Result<RouteTable> {
     let mut entries = std::fs::read_dir(dir)
         .with_context(|| format!("PLUGINS_DIR {}: cannot read", dir.display()))?
         .collect::<Result<Vec<_>, _>>()?;
@@ -152,7 +162,7 @@ pub async fn load_all(engine: &PluginEngine, dir: &Path) -> anyhow::Result<Route
             tracing::warn!(dir = %path.display(), "skipping a directory without plugin.toml");
             continue;
         }
-        let plugin = LoadedPlugin::load(engine, &path).await?;
+        let plugin = LoadedPlugin::load(engine, capabilities, &path).await?;
         if let Some(same) = plugins
             .iter()
             .find(|p: &&Arc<LoadedPlugin>| p.name == plugin.name)

@@ -18,6 +18,8 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{PluginPre, Request, Response};
+use crate::capabilities::Capabilities;
+use crate::plugins::manifest::Grants;
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -89,6 +91,8 @@ pub struct InstanceState {
     table: ResourceTable,
     limits: StoreLimits,
     pub plugin_name: Arc<str>,
+    pub grants: Arc<Grants>,
+    pub capabilities: Arc<Capabilities>,
 }
 
 impl std::fmt::Debug for InstanceState {
@@ -126,6 +130,8 @@ pub struct ReadyComponent {
     pub(crate) engine: Engine,
     pub(crate) pre: PluginPre<InstanceState>,
     pub(crate) plugin_name: Arc<str>,
+    pub(crate) grants: Arc<Grants>,
+    pub(crate) capabilities: Arc<Capabilities>,
     pub(crate) memory_bytes: usize,
     pub(crate) timeout: Duration,
 }
@@ -169,6 +175,8 @@ impl ReadyComponent {
                 .memories(4)
                 .build(),
             plugin_name: self.plugin_name.clone(),
+            grants: self.grants.clone(),
+            capabilities: self.capabilities.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);

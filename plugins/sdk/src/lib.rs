@@ -36,6 +36,10 @@ pub mod bindings {
     });
 }
 
+pub mod db;
+pub mod time;
+pub mod validation;
+
 pub use bindings::exports::plinth::plugin::handler::Guest as Handler;
 pub use bindings::plinth::plugin::types::{Principal, Request, Response};
 pub use bindings::plinth::plugin::{kv, passwords, sql, tokens};
@@ -127,4 +131,68 @@ impl Response {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
     }
+
+    /// 401 `NOT_AUTHENTICATED` with `WWW-Authenticate: Bearer`.
+    pub fn not_authenticated() -> Self {
+        Self::error(401, "NOT_AUTHENTICATED", "Not authenticated")
+            .with_header("www-authenticate", "Bearer")
+    }
+
+    /// 403 `FORBIDDEN`.
+    pub fn forbidden(detail: &str) -> Self {
+        Self::error(403, "FORBIDDEN", detail)
+    }
+
+    /// 404 `NOT_FOUND`.
+    pub fn not_found(detail: &str) -> Self {
+        Self::error(404, "NOT_FOUND", detail)
+    }
+
+    /// 503 `UNAVAILABLE`: a backend the request needs cannot be reached.
+    pub fn unavailable(backend: &str) -> Self {
+        Self::error(
+            503,
+            "UNAVAILABLE",
+            &format!("A required backend is unavailable: {backend}"),
+        )
+    }
+
+    /// 500 for a bug on the plugin's side; `cause` goes to the log, not to the client.
+    pub fn internal(cause: &str) -> Self {
+        log::error(cause);
+        Self::error(500, "INTERNAL_ERROR", "Internal error")
+    }
+}
+
+/// Capability errors become responses, so handlers can use `?`.
+impl From<sql::Error> for Response {
+    fn from(err: sql::Error) -> Self {
+        match err {
+            sql::Error::Unavailable => Self::unavailable("database"),
+            other => Self::internal(&format!("sql: {other:?}")),
+        }
+    }
+}
+
+impl From<kv::Error> for Response {
+    fn from(err: kv::Error) -> Self {
+        match err {
+            kv::Error::Unavailable => Self::unavailable("key-value store"),
+            other => Self::internal(&format!("kv: {other:?}")),
+        }
+    }
+}
+
+impl From<passwords::Error> for Response {
+    fn from(err: passwords::Error) -> Self {
+        match err {
+            passwords::Error::Unavailable => Self::unavailable("password hashing"),
+            other => Self::internal(&format!("passwords: {other:?}")),
+        }
+    }
+}
+
+/// Unwraps a handler's `Result`: both sides are responses.
+pub fn respond(result: Result<Response, Response>) -> Response {
+    result.unwrap_or_else(|response| response)
 }

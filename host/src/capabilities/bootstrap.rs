@@ -1,0 +1,73 @@
+//! Start-up data: the first superuser (`FIRST_SUPERUSER_*`), created when absent.
+
+use chrono::Utc;
+
+use super::Capabilities;
+use super::sql::format_timestamp;
+use crate::bindings::plinth::plugin::sql::{Error as SqlError, Value};
+
+/// The first superuser's credentials from the environment.
+#[derive(Clone)]
+pub struct FirstSuperuser {
+    pub email: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for FirstSuperuser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstSuperuser")
+            .field("email", &self.email)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Creates the superuser unless a user with that email exists. Racing instances are fine:
+/// the unique index lets exactly one insert win.
+pub async fn ensure_first_superuser(
+    capabilities: &Capabilities,
+    user: &FirstSuperuser,
+) -> anyhow::Result<()> {
+    let email = user.email.trim().to_lowercase();
+    let db = &capabilities.database;
+    let existing = db
+        .query(
+            "SELECT id FROM users WHERE lower(email) = $1",
+            vec![Value::Text(email.clone())],
+            false,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("looking up the first superuser: {e:?}"))?;
+    if !existing.rows.is_empty() {
+        return Ok(());
+    }
+    let hash = capabilities
+        .passwords
+        .hash(user.password.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("hashing the first superuser's password: {e:?}"))?;
+    let inserted = db
+        .execute(
+            "INSERT INTO users (email, username, hashed_password, full_name, is_active, \
+             is_superuser, created_at) VALUES ($1, $2, $3, NULL, $4, $5, $6)",
+            vec![
+                Value::Text(email.clone()),
+                Value::Text(user.username.clone()),
+                Value::Text(hash),
+                Value::Boolean(true),
+                Value::Boolean(true),
+                Value::Timestamp(format_timestamp(Utc::now())),
+            ],
+        )
+        .await;
+    match inserted {
+        Ok(_) => {
+            tracing::info!(%email, "first superuser created");
+            Ok(())
+        }
+        Err(SqlError::UniqueViolation(_)) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("creating the first superuser: {e:?}")),
+    }
+}

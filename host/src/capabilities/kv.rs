@@ -1,0 +1,457 @@
+//! `kv`: a key-value store, in-process by default and Redis when `REDIS_URL` is set.
+//!
+//! The host confines each plugin to its own namespace (`<prefix>:kv:<plugin>:<key>`), so
+//! plugin A can never read plugin B's keys. The host's own state (token revocation, rate
+//! limits) lives in other namespaces of the same store, so every host instance sharing a
+//! Redis sees it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+
+use crate::bindings::plinth::plugin::kv::{Error, Host};
+use crate::plugins::runtime::InstanceState;
+
+pub const INTERFACE: &str = "kv";
+
+/// Longest key and value a plugin may store.
+const MAX_KEY_BYTES: usize = 512;
+const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// How long a Redis command may take before the store counts as unavailable.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a store operation failed (host-side; plugins see the WIT `error`).
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("key-value store unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<KvError> for Error {
+    fn from(err: KvError) -> Self {
+        match err {
+            KvError::Unavailable(_) => Error::Unavailable,
+            KvError::Invalid(msg) => Error::Invalid(msg),
+        }
+    }
+}
+
+/// The store shared by all plugins and host services.
+#[derive(Clone)]
+pub enum KvStore {
+    Memory(Arc<MemoryStore>),
+    Redis(ConnectionManager),
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Memory(_) => "KvStore::Memory",
+            Self::Redis(_) => "KvStore::Redis",
+        })
+    }
+}
+
+impl KvStore {
+    /// The in-process store, or Redis at `url`. Redis connections are re-established by
+    /// the connection manager after an outage; the host starts even if Redis is down.
+    pub async fn connect(url: Option<&str>) -> anyhow::Result<Self> {
+        let Some(url) = url else {
+            return Ok(Self::Memory(Arc::new(MemoryStore::default())));
+        };
+        let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_TIMEOUT)
+            .set_response_timeout(REDIS_TIMEOUT)
+            .set_number_of_retries(1);
+        let manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .context("cannot connect to Redis at REDIS_URL")?;
+        Ok(Self::Redis(manager))
+    }
+
+    pub fn is_redis(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
+
+    pub async fn ping(&self) -> Result<(), KvError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                redis_call(redis::cmd("PING").query_async::<String>(&mut conn)).await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        match self {
+            Self::Memory(store) => Ok(store.get(key)),
+            Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                redis_call(redis::cmd("GET").arg(key).query_async(&mut conn)).await
+            }
+        }
+    }
+
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
+        match self {
+            Self::Memory(store) => {
+                store.set(key, value, ttl, false);
+                Ok(())
+            }
+            Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(value);
+                if let Some(ttl) = ttl {
+                    cmd.arg("PX").arg(ttl_ms(ttl));
+                }
+                redis_call(cmd.query_async::<()>(&mut conn)).await
+            }
+        }
+    }
+
+    pub async fn set_if_absent(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError> {
+        match self {
+            Self::Memory(store) => Ok(store.set(key, value, ttl, true)),
+            Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(value).arg("NX");
+                if let Some(ttl) = ttl {
+                    cmd.arg("PX").arg(ttl_ms(ttl));
+                }
+                let stored: Option<String> = redis_call(cmd.query_async(&mut conn)).await?;
+                Ok(stored.is_some())
+            }
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
+        match self {
+            Self::Memory(store) => Ok(store.delete(key)),
+            Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                let removed: i64 =
+                    redis_call(redis::cmd("DEL").arg(key).query_async(&mut conn)).await?;
+                Ok(removed > 0)
+            }
+        }
+    }
+
+    /// Adds `delta` atomically; `ttl` applies when this call creates the key.
+    pub async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> Result<i64, KvError> {
+        match self {
+            Self::Memory(store) => store.increment(key, delta, ttl),
+            Self::Redis(conn) => {
+                // One round trip, atomic: INCRBY, and set the expiry only on creation.
+                static SCRIPT: std::sync::LazyLock<redis::Script> =
+                    std::sync::LazyLock::new(|| {
+                        redis::Script::new(
+                            "local v = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+                         if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) == -1 then \
+                           redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+                         return v",
+                        )
+                    });
+                let mut conn = conn.clone();
+                let ttl = ttl.map(ttl_ms).unwrap_or(0);
+                let mut invocation = SCRIPT.key(key);
+                invocation.arg(delta).arg(ttl);
+                redis_call(invocation.invoke_async(&mut conn)).await
+            }
+        }
+    }
+
+    /// Remaining time to live of `key`, if it exists and expires.
+    pub async fn ttl(&self, key: &str) -> Result<Option<Duration>, KvError> {
+        match self {
+            Self::Memory(store) => Ok(store.ttl(key)),
+            Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                let ms: i64 =
+                    redis_call(redis::cmd("PTTL").arg(key).query_async(&mut conn)).await?;
+                Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+            }
+        }
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+async fn redis_call<T>(
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, KvError> {
+    match tokio::time::timeout(REDIS_TIMEOUT, call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err))
+            if err.kind() == redis::ErrorKind::TypeError
+                || err.kind() == redis::ErrorKind::ResponseError =>
+        {
+            Err(KvError::Invalid(err.to_string()))
+        }
+        Ok(Err(err)) => Err(KvError::Unavailable(err.to_string())),
+        Err(_) => Err(KvError::Unavailable("Redis did not answer in time".into())),
+    }
+}
+
+/// The in-process store: a map with lazy expiry, swept as it grows.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    expires_at: Option<Instant>,
+}
+
+impl Entry {
+    fn live(&self, now: Instant) -> bool {
+        self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+impl MemoryStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock cannot leave an entry half-written: recover.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let now = Instant::now();
+        self.lock()
+            .get(key)
+            .filter(|e| e.live(now))
+            .map(|e| e.value.clone())
+    }
+
+    fn ttl(&self, key: &str) -> Option<Duration> {
+        let now = Instant::now();
+        self.lock()
+            .get(key)
+            .filter(|e| e.live(now))
+            .and_then(|e| e.expires_at)
+            .map(|t| t - now)
+    }
+
+    /// Stores the value; with `only_if_absent`, only when no live entry exists.
+    fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>, only_if_absent: bool) -> bool {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        if only_if_absent && entries.get(key).is_some_and(|e| e.live(now)) {
+            return false;
+        }
+        Self::sweep_if_large(&mut entries, now);
+        entries.insert(
+            key.to_owned(),
+            Entry {
+                value: value.to_vec(),
+                expires_at: ttl.map(|t| now + t),
+            },
+        );
+        true
+    }
+
+    fn delete(&self, key: &str) -> bool {
+        let now = Instant::now();
+        self.lock().remove(key).is_some_and(|e| e.live(now))
+    }
+
+    fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        let now = Instant::now();
+        let mut entries = self.lock();
+        let current = match entries.get(key).filter(|e| e.live(now)) {
+            Some(entry) => Some((
+                std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .ok_or_else(|| KvError::Invalid("value is not an integer".into()))?,
+                entry.expires_at,
+            )),
+            None => None,
+        };
+        let (value, expires_at) = match current {
+            Some((value, expires_at)) => (value, expires_at),
+            None => (0, ttl.map(|t| now + t)),
+        };
+        let next = value
+            .checked_add(delta)
+            .ok_or_else(|| KvError::Invalid("increment would overflow".into()))?;
+        entries.insert(
+            key.to_owned(),
+            Entry {
+                value: next.to_string().into_bytes(),
+                expires_at,
+            },
+        );
+        Ok(next)
+    }
+
+    /// Drops expired entries once the map has grown, so expired keys cannot pile up.
+    fn sweep_if_large(entries: &mut HashMap<String, Entry>, now: Instant) {
+        if entries.len() >= 10_000 && entries.len().is_power_of_two() {
+            entries.retain(|_, e| e.live(now));
+        }
+    }
+}
+
+/// The namespaced key for a plugin's `key`.
+pub fn plugin_key(prefix: &str, plugin: &str, key: &str) -> String {
+    format!("{prefix}:kv:{plugin}:{key}")
+}
+
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(Error::Invalid(format!(
+            "keys must be 1 to {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), Error> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::Invalid(format!(
+            "values must be at most {MAX_VALUE_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl InstanceState {
+    fn kv_key(&self, key: &str) -> String {
+        plugin_key(&self.capabilities.key_prefix, &self.plugin_name, key)
+    }
+}
+
+impl Host for InstanceState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let key = self.kv_key(&key);
+        Ok(self.capabilities.kv.get(&key).await.map_err(Error::from))
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        if let Err(e) = check_key(&key).and(check_value(&value)) {
+            return Ok(Err(e));
+        }
+        let key = self.kv_key(&key);
+        let ttl = ttl_ms.map(Duration::from_millis);
+        Ok(self
+            .capabilities
+            .kv
+            .set(&key, &value, ttl)
+            .await
+            .map_err(Error::from))
+    }
+
+    async fn set_if_absent(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<bool, Error>> {
+        if let Err(e) = check_key(&key).and(check_value(&value)) {
+            return Ok(Err(e));
+        }
+        let key = self.kv_key(&key);
+        let ttl = ttl_ms.map(Duration::from_millis);
+        Ok(self
+            .capabilities
+            .kv
+            .set_if_absent(&key, &value, ttl)
+            .await
+            .map_err(Error::from))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let key = self.kv_key(&key);
+        Ok(self.capabilities.kv.delete(&key).await.map_err(Error::from))
+    }
+
+    async fn increment(
+        &mut self,
+        key: String,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<i64, Error>> {
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let key = self.kv_key(&key);
+        let ttl = ttl_ms.map(Duration::from_millis);
+        Ok(self
+            .capabilities
+            .kv
+            .increment(&key, delta, ttl)
+            .await
+            .map_err(Error::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_store_semantics() -> anyhow::Result<()> {
+        let kv = KvStore::connect(None).await?;
+        assert_eq!(kv.get("a").await?, None);
+        assert!(kv.set_if_absent("a", b"1", None).await?);
+        assert!(!kv.set_if_absent("a", b"2", None).await?);
+        assert_eq!(kv.get("a").await?, Some(b"1".to_vec()));
+        assert_eq!(kv.increment("a", 5, None).await?, 6);
+        assert!(kv.delete("a").await?);
+        assert!(!kv.delete("a").await?);
+        kv.set("t", b"x", Some(Duration::from_millis(30))).await?;
+        assert!(kv.ttl("t").await?.is_some());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(kv.get("t").await?, None);
+        assert!(kv.set_if_absent("t", b"y", None).await?);
+        kv.set("s", b"text", None).await?;
+        assert!(matches!(
+            kv.increment("s", 1, None).await,
+            Err(KvError::Invalid(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn plugin_keys_are_namespaced() {
+        assert_ne!(plugin_key("p", "a", "k"), plugin_key("p", "b", "k"));
+        // A key cannot climb into another plugin's namespace.
+        assert!(plugin_key("p", "a", "x:b:k").starts_with("p:kv:a:"));
+    }
+}

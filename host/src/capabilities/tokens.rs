@@ -1,0 +1,430 @@
+//! `tokens`: JWTs issued and verified by the host; the signing key never enters a plugin.
+//!
+//! HS256 only (the algorithm is pinned: `none` and every other algorithm are rejected),
+//! claims `sub iat nbf exp jti iss aud type`. Revocation state lives in the key-value
+//! store (Redis when configured), so every host instance sees it:
+//! - `<prefix>:tokens:revoked:<jti>` — one token, until its `exp`;
+//! - `<prefix>:tokens:subject:<sub>:<type>` — every token of that type issued to `sub` up
+//!   to the stored instant (milliseconds; a token's issue instant is read from its `jti`,
+//!   a UUIDv7, so a token issued right after a revocation is not caught by it).
+//!
+//! The same verification serves the route auth policy (`auth = "required"`) in the
+//! pipeline and plugins holding the `verify` grant.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::kv::{KvError, KvStore};
+use crate::bindings::plinth::plugin::tokens::{Claims, Error, Host, Issued, TokenKind};
+use crate::plugins::manifest::TokenOperation;
+use crate::plugins::runtime::InstanceState;
+
+pub const INTERFACE: &str = "tokens";
+
+const ISSUER: &str = "plinth";
+const AUDIENCE: &str = "plinth-api";
+
+/// Token settings from the environment.
+#[derive(Clone)]
+pub struct TokenConfig {
+    pub secret: Vec<u8>,
+    /// True when `JWT_SECRET` was unset and the secret is random for this process.
+    pub ephemeral_secret: bool,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("secret", &"<redacted>")
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .finish()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct JwtClaims {
+    sub: String,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    jti: String,
+    iss: String,
+    aud: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Why a token was refused (host side; plugins see the WIT `error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("invalid token")]
+    Invalid,
+    #[error("token expired")]
+    Expired,
+    #[error("token of the wrong type")]
+    WrongKind,
+    #[error("token revoked")]
+    Revoked,
+    #[error("token state unavailable")]
+    Unavailable,
+}
+
+impl From<TokenError> for Error {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::Invalid => Error::Invalid,
+            TokenError::Expired => Error::Expired,
+            TokenError::WrongKind => Error::WrongKind,
+            TokenError::Revoked => Error::Revoked,
+            TokenError::Unavailable => Error::Unavailable,
+        }
+    }
+}
+
+impl From<KvError> for TokenError {
+    fn from(_: KvError) -> Self {
+        Self::Unavailable
+    }
+}
+
+pub struct TokenService {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+    kv: KvStore,
+    key_prefix: String,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService")
+            .field("access_ttl", &self.access_ttl)
+            .field("refresh_ttl", &self.refresh_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn kind_name(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Access => "access",
+        TokenKind::Refresh => "refresh",
+    }
+}
+
+fn now_secs() -> u64 {
+    chrono::Utc::now()
+        .timestamp()
+        .try_into()
+        .unwrap_or_default()
+}
+
+impl TokenService {
+    pub fn new(config: &TokenConfig, kv: KvStore, key_prefix: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub", "iss", "aud", "jti"]);
+        Self {
+            encoding: EncodingKey::from_secret(&config.secret),
+            decoding: DecodingKey::from_secret(&config.secret),
+            validation,
+            access_ttl: config.access_ttl,
+            refresh_ttl: config.refresh_ttl,
+            kv,
+            key_prefix: key_prefix.to_owned(),
+        }
+    }
+
+    fn ttl(&self, kind: TokenKind) -> Duration {
+        match kind {
+            TokenKind::Access => self.access_ttl,
+            TokenKind::Refresh => self.refresh_ttl,
+        }
+    }
+
+    pub fn issue(&self, subject: &str, kind: TokenKind) -> Result<Issued, TokenError> {
+        let now = now_secs();
+        let claims = JwtClaims {
+            sub: subject.to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + self.ttl(kind).as_secs(),
+            jti: uuid::Uuid::now_v7().to_string(),
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            kind: kind_name(kind).to_owned(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|_| TokenError::Invalid)?;
+        Ok(Issued {
+            token,
+            claims: Claims {
+                subject: claims.sub,
+                token_id: claims.jti,
+                kind,
+                issued_at: claims.iat,
+                expires_at: claims.exp,
+            },
+        })
+    }
+
+    /// Signature, algorithm, issuer, audience, time claims, type, then revocation.
+    pub async fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, TokenError> {
+        let data = jsonwebtoken::decode::<JwtClaims>(token, &self.decoding, &self.validation)
+            .map_err(|err| match err.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        let claims = data.claims;
+        if claims.kind != kind_name(kind) {
+            return Err(TokenError::WrongKind);
+        }
+        // Defence in depth: `exp` is validated above with no leeway, so it is > now here.
+        if claims.exp <= now_secs() {
+            return Err(TokenError::Expired);
+        }
+        let revoked = self.kv.get(&self.revoked_key(&claims.jti)).await?;
+        if revoked.is_some() {
+            return Err(TokenError::Revoked);
+        }
+        if let Some(cutoff) = self
+            .kv
+            .get(&self.subject_key(&claims.sub, kind))
+            .await?
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && issued_at_ms(&claims) <= cutoff
+        {
+            return Err(TokenError::Revoked);
+        }
+        Ok(Claims {
+            subject: claims.sub,
+            token_id: claims.jti,
+            kind,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
+        })
+    }
+
+    pub async fn revoke(&self, token_id: &str, expires_at: u64) -> Result<(), TokenError> {
+        let remaining = expires_at.saturating_sub(now_secs()).max(1);
+        self.kv
+            .set(
+                &self.revoked_key(token_id),
+                b"1",
+                Some(Duration::from_secs(remaining)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn revoke_subject(&self, subject: &str, kind: TokenKind) -> Result<(), TokenError> {
+        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
+        self.kv
+            .set(
+                &self.subject_key(subject, kind),
+                now_ms.to_string().as_bytes(),
+                Some(self.ttl(kind) + Duration::from_secs(1)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn revoked_key(&self, jti: &str) -> String {
+        format!("{}:tokens:revoked:{jti}", self.key_prefix)
+    }
+
+    fn subject_key(&self, subject: &str, kind: TokenKind) -> String {
+        format!(
+            "{}:tokens:subject:{subject}:{}",
+            self.key_prefix,
+            kind_name(kind)
+        )
+    }
+}
+
+/// When the token was issued, in milliseconds: from its UUIDv7 `jti` when it is one.
+fn issued_at_ms(claims: &JwtClaims) -> u64 {
+    uuid::Uuid::parse_str(&claims.jti)
+        .ok()
+        .and_then(|id| id.get_timestamp())
+        .map(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            secs * 1000 + u64::from(nanos / 1_000_000)
+        })
+        .unwrap_or(claims.iat * 1000)
+}
+
+impl InstanceState {
+    fn may(&self, operation: TokenOperation) -> bool {
+        self.grants.tokens.contains(&operation)
+    }
+}
+
+impl Host for InstanceState {
+    async fn issue(
+        &mut self,
+        subject: String,
+        kind: TokenKind,
+    ) -> wasmtime::Result<Result<Issued, Error>> {
+        if !self.may(TokenOperation::Issue) {
+            return Ok(Err(Error::NotPermitted));
+        }
+        Ok(self
+            .capabilities
+            .tokens
+            .issue(&subject, kind)
+            .map_err(Error::from))
+    }
+
+    async fn verify(
+        &mut self,
+        token: String,
+        kind: TokenKind,
+    ) -> wasmtime::Result<Result<Claims, Error>> {
+        if !self.may(TokenOperation::Verify) {
+            return Ok(Err(Error::NotPermitted));
+        }
+        Ok(self
+            .capabilities
+            .tokens
+            .verify(&token, kind)
+            .await
+            .map_err(Error::from))
+    }
+
+    async fn revoke(
+        &mut self,
+        token_id: String,
+        expires_at: u64,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        if !self.may(TokenOperation::Revoke) {
+            return Ok(Err(Error::NotPermitted));
+        }
+        Ok(self
+            .capabilities
+            .tokens
+            .revoke(&token_id, expires_at)
+            .await
+            .map_err(Error::from))
+    }
+
+    async fn revoke_subject(
+        &mut self,
+        subject: String,
+        kind: TokenKind,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        if !self.may(TokenOperation::Revoke) {
+            return Ok(Err(Error::NotPermitted));
+        }
+        Ok(self
+            .capabilities
+            .tokens
+            .revoke_subject(&subject, kind)
+            .await
+            .map_err(Error::from))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn service() -> anyhow::Result<TokenService> {
+        let config = TokenConfig {
+            secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+            ephemeral_secret: false,
+            access_ttl: Duration::from_secs(60),
+            refresh_ttl: Duration::from_secs(600),
+        };
+        Ok(TokenService::new(
+            &config,
+            KvStore::connect(None).await?,
+            "t",
+        ))
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_verify_with_their_kind_only() -> anyhow::Result<()> {
+        let tokens = service().await?;
+        let access = tokens.issue("7", TokenKind::Access)?;
+        let claims = tokens.verify(&access.token, TokenKind::Access).await?;
+        assert_eq!(claims.subject, "7");
+        assert_eq!(
+            tokens.verify(&access.token, TokenKind::Refresh).await.err(),
+            Some(TokenError::WrongKind)
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn forged_tokens_are_refused() -> anyhow::Result<()> {
+        let tokens = service().await?;
+        let access = tokens.issue("7", TokenKind::Access)?;
+        // alg=none with the same claims.
+        let parts: Vec<&str> = access.token.split('.').collect();
+        let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
+        let forged = format!("{none_header}.{}.", parts[1]);
+        assert_eq!(
+            tokens.verify(&forged, TokenKind::Access).await.err(),
+            Some(TokenError::Invalid)
+        );
+        // Signed with another key.
+        let other = TokenService::new(
+            &TokenConfig {
+                secret: b"another-secret-another-secret-32".to_vec(),
+                ephemeral_secret: false,
+                access_ttl: Duration::from_secs(60),
+                refresh_ttl: Duration::from_secs(60),
+            },
+            KvStore::connect(None).await?,
+            "t",
+        );
+        let foreign = other.issue("7", TokenKind::Access)?;
+        assert_eq!(
+            tokens.verify(&foreign.token, TokenKind::Access).await.err(),
+            Some(TokenError::Invalid)
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn revocation_by_id_and_by_subject() -> anyhow::Result<()> {
+        let tokens = service().await?;
+        let a = tokens.issue("7", TokenKind::Access)?;
+        tokens
+            .revoke(&a.claims.token_id, a.claims.expires_at)
+            .await?;
+        assert_eq!(
+            tokens.verify(&a.token, TokenKind::Access).await.err(),
+            Some(TokenError::Revoked)
+        );
+
+        let r = tokens.issue("7", TokenKind::Refresh)?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokens.revoke_subject("7", TokenKind::Refresh).await?;
+        assert_eq!(
+            tokens.verify(&r.token, TokenKind::Refresh).await.err(),
+            Some(TokenError::Revoked)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let fresh = tokens.issue("7", TokenKind::Refresh)?;
+        assert!(
+            tokens
+                .verify(&fresh.token, TokenKind::Refresh)
+                .await
+                .is_ok()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! The `auth` plugin: register, login, refresh, logout (API.md "Auth").
+//!
+//! Refresh tokens are single-use and belong to a *chain* that starts at login. State in
+//! the plugin's kv namespace (Redis when configured, so every host instance sees it):
+//! - `refresh:<jti>` → the chain id, while that refresh token may be used;
+//! - `used:<jti>` → set atomically (set-if-absent) when it is used: a second use is reuse;
+//! - `chain:<id>` → present while the chain is alive. Reuse or logout deletes it, which
+//!   retires every refresh token of the chain, the newest included.
+
+use plinth_accounts::{self as accounts, NewUser};
+use plinth_sdk::tokens::{self, TokenKind};
+use plinth_sdk::validation::{Fields, Issue, unprocessable};
+use plinth_sdk::{Handler, Request, Response, kv, passwords, respond};
+
+struct Auth;
+
+impl Handler for Auth {
+    fn handle(request: Request) -> Response {
+        respond(match request.route.as_str() {
+            "/api/v1/auth/register" => register(&request),
+            "/api/v1/auth/login" => login(&request),
+            "/api/v1/auth/refresh" => refresh(&request),
+            "/api/v1/auth/logout" => logout(&request),
+            _ => Err(Response::not_found("Not found")),
+        })
+    }
+}
+
+plinth_sdk::export_plugin!(Auth);
+
+fn register(request: &Request) -> Result<Response, Response> {
+    let mut body = Fields::from_json(&request.body)?;
+    let email = body.required_str("email");
+    let email = accounts::email_field(&mut body, email);
+    let username = body.required_str("username");
+    let username = accounts::username_field(&mut body, username);
+    let password = body.required_str("password");
+    let password = accounts::password_field(&mut body, "password", password);
+    let full_name = body.optional_str("full_name");
+    let full_name = accounts::full_name_field(&mut body, full_name);
+    body.finish(&["email", "username", "password", "full_name"])?;
+    let (Some(email), Some(username), Some(password)) = (email, username, password) else {
+        return Err(Response::internal("validation passed without values"));
+    };
+
+    let hashed_password = passwords::hash(&password)?;
+    let user = accounts::insert(NewUser {
+        email,
+        username,
+        hashed_password,
+        full_name: full_name.flatten(),
+        is_active: true,
+        is_superuser: false,
+    })?;
+    Ok(user.response(201))
+}
+
+fn invalid_credentials() -> Response {
+    Response::error(
+        401,
+        "INVALID_CREDENTIALS",
+        "Incorrect email/username or password",
+    )
+    .with_header("www-authenticate", "Bearer")
+}
+
+fn invalid_token() -> Response {
+    Response::error(401, "INVALID_TOKEN", "Invalid or expired refresh token")
+        .with_header("www-authenticate", "Bearer")
+}
+
+/// JSON `{email, password}` or the OAuth2 password form `username=&password=`.
+fn login(request: &Request) -> Result<Response, Response> {
+    let is_form = request
+        .header("content-type")
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    let (login, password) = if is_form {
+        let mut form = Fields::from_form(&request.body);
+        let login = form.required_str("username");
+        let password = form.required_str("password");
+        // The OAuth2 password flow may send these; they carry no meaning here.
+        form.finish(&[
+            "username",
+            "password",
+            "grant_type",
+            "scope",
+            "client_id",
+            "client_secret",
+        ])?;
+        (login, password)
+    } else {
+        let mut body = Fields::from_json(&request.body)?;
+        let login = body.required_str("email");
+        let password = body.required_str("password");
+        body.finish(&["email", "password"])?;
+        (login, password)
+    };
+    let (Some(login), Some(password)) = (login, password) else {
+        return Err(Response::internal("validation passed without values"));
+    };
+
+    // Unknown account, wrong password and inactive account: the same answer, after the
+    // same work (the host checks a dummy hash when there is no user).
+    let user = accounts::find_by_login(&login)?;
+    let matches =
+        match passwords::verify(&password, user.as_ref().map(|u| u.hashed_password.as_str())) {
+            Ok(matches) => matches,
+            Err(passwords::Error::InvalidHash) => {
+                plinth_sdk::log::warn("a stored password hash was refused by the host");
+                false
+            }
+            Err(other) => return Err(other.into()),
+        };
+    match user {
+        Some(user) if matches && user.is_active => {
+            let pair = issue_pair(&user.id.to_string(), None)?;
+            Ok(Response::json(200, &pair))
+        }
+        _ => Err(invalid_credentials()),
+    }
+}
+
+fn refresh(request: &Request) -> Result<Response, Response> {
+    let token = refresh_token_field(request)?;
+    let claims = verify_refresh(&token)?;
+    let chain = chain_of(&claims.token_id)?.ok_or_else(invalid_token)?;
+
+    // Single use, atomically: whoever sets `used:` first owns this rotation.
+    let first_use = kv::set_if_absent(
+        &format!("used:{}", claims.token_id),
+        b"1",
+        Some(remaining_ms(claims.expires_at)),
+    )?;
+    if !first_use {
+        plinth_sdk::log::warn("refresh token reuse: revoking its chain");
+        kv::delete(&format!("chain:{chain}"))?;
+        return Err(invalid_token());
+    }
+    if kv::get(&format!("chain:{chain}"))?.is_none() {
+        return Err(invalid_token());
+    }
+    let user_id: i64 = claims.subject.parse().map_err(|_| invalid_token())?;
+    match accounts::find_by_id(user_id)? {
+        Some(user) if user.is_active => {}
+        _ => return Err(invalid_token()),
+    }
+    let pair = issue_pair(&claims.subject, Some(&chain))?;
+    Ok(Response::json(200, &pair))
+}
+
+fn logout(request: &Request) -> Result<Response, Response> {
+    let token = refresh_token_field(request)?;
+    let claims = verify_refresh(&token)?;
+    if let Some(chain) = chain_of(&claims.token_id)? {
+        kv::delete(&format!("chain:{chain}"))?;
+    }
+    kv::delete(&format!("refresh:{}", claims.token_id))?;
+    // The access token sent along stops working at once (deny-listed until its exp).
+    if let Some(principal) = &request.principal {
+        tokens::revoke(&principal.token_id, principal.expires_at).map_err(token_error)?;
+    }
+    Ok(Response::empty(204))
+}
+
+fn refresh_token_field(request: &Request) -> Result<String, Response> {
+    let mut body = Fields::from_json(&request.body)?;
+    let token = body.required_str("refresh_token");
+    body.finish(&["refresh_token"])?;
+    token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        unprocessable(vec![Issue::new(
+            &["body", "refresh_token"],
+            "Field required",
+            "missing",
+        )])
+    })
+}
+
+fn verify_refresh(token: &str) -> Result<tokens::Claims, Response> {
+    tokens::verify(token, TokenKind::Refresh).map_err(|err| match err {
+        tokens::Error::Unavailable => Response::unavailable("token store"),
+        _ => invalid_token(),
+    })
+}
+
+fn chain_of(token_id: &str) -> Result<Option<String>, Response> {
+    Ok(kv::get(&format!("refresh:{token_id}"))?.and_then(|bytes| String::from_utf8(bytes).ok()))
+}
+
+fn token_error(err: tokens::Error) -> Response {
+    match err {
+        tokens::Error::Unavailable => Response::unavailable("token store"),
+        other => Response::internal(&format!("tokens: {other:?}")),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn remaining_ms(expires_at: u64) -> u64 {
+    expires_at.saturating_sub(now_secs()).max(1) * 1000
+}
+
+#[derive(serde::Serialize)]
+struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+    token_type: &'static str,
+    expires_in: u64,
+}
+
+/// Issues an access + refresh pair; the refresh token joins `chain` or starts a new one.
+fn issue_pair(subject: &str, chain: Option<&str>) -> Result<TokenPair, Response> {
+    let access = tokens::issue(subject, TokenKind::Access).map_err(token_error)?;
+    let refresh = tokens::issue(subject, TokenKind::Refresh).map_err(token_error)?;
+    let chain = chain.map_or_else(|| refresh.claims.token_id.clone(), str::to_owned);
+    let ttl = Some(remaining_ms(refresh.claims.expires_at));
+    kv::set(&format!("chain:{chain}"), b"1", ttl)?;
+    kv::set(
+        &format!("refresh:{}", refresh.claims.token_id),
+        chain.as_bytes(),
+        ttl,
+    )?;
+    Ok(TokenPair {
+        access_token: access.token,
+        refresh_token: refresh.token,
+        token_type: "bearer",
+        expires_in: access
+            .claims
+            .expires_at
+            .saturating_sub(access.claims.issued_at),
+    })
+}

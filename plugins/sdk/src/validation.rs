@@ -1,0 +1,279 @@
+//! Request validation that reports every problem at once, in API.md's 422 shape
+//! (FastAPI's): `{"detail": [{"loc": [...], "msg": ..., "type": ...}], "code": "VALIDATION_ERROR"}`.
+//!
+//! ```ignore
+//! let mut body = Fields::from_json(&request.body)?;
+//! let email = body.required_str("email");
+//! let name = body.optional_str("full_name");
+//! body.finish(&["email", "full_name"])?;   // unknown fields are problems too
+//! ```
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::Response;
+
+/// One problem with the request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Issue {
+    pub loc: Vec<String>,
+    pub msg: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Issue {
+    pub fn new(loc: &[&str], msg: &str, kind: &str) -> Self {
+        Self {
+            loc: loc.iter().map(|s| (*s).to_owned()).collect(),
+            msg: msg.to_owned(),
+            kind: kind.to_owned(),
+        }
+    }
+}
+
+/// The 422 response for `issues`.
+pub fn unprocessable(issues: Vec<Issue>) -> Response {
+    Response::json(
+        422,
+        &serde_json::json!({ "detail": issues, "code": "VALIDATION_ERROR" }),
+    )
+}
+
+/// The fields of a JSON object body (or a form), collecting problems as they are read.
+#[derive(Debug)]
+pub struct Fields {
+    values: Map<String, Value>,
+    location: &'static str,
+    issues: Vec<Issue>,
+}
+
+impl Fields {
+    /// A JSON object body; anything else is a 422 at once.
+    pub fn from_json(body: &[u8]) -> Result<Self, Response> {
+        let value: Value = serde_json::from_slice(body).map_err(|err| {
+            unprocessable(vec![Issue::new(
+                &["body"],
+                &format!("Invalid JSON: {err}"),
+                "json_invalid",
+            )])
+        })?;
+        match value {
+            Value::Object(values) => Ok(Self {
+                values,
+                location: "body",
+                issues: Vec::new(),
+            }),
+            _ => Err(unprocessable(vec![Issue::new(
+                &["body"],
+                "Input should be a JSON object",
+                "model_attributes_type",
+            )])),
+        }
+    }
+
+    /// An `application/x-www-form-urlencoded` body: every value is a string.
+    pub fn from_form(body: &[u8]) -> Self {
+        let values = form_urlencoded::parse(body)
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect();
+        Self {
+            values,
+            location: "body",
+            issues: Vec::new(),
+        }
+    }
+
+    /// Query-string parameters (`location` "query").
+    pub fn from_query(query: &str) -> Self {
+        let values = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect();
+        Self {
+            values,
+            location: "query",
+            issues: Vec::new(),
+        }
+    }
+
+    /// Records a problem with field `name`.
+    pub fn invalid(&mut self, name: &str, msg: &str, kind: &str) {
+        self.issues
+            .push(Issue::new(&[self.location, name], msg, kind));
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.values.contains_key(name)
+    }
+
+    /// A required string; a missing or non-string value is recorded.
+    pub fn required_str(&mut self, name: &str) -> Option<String> {
+        match self.values.get(name) {
+            None => {
+                self.invalid(name, "Field required", "missing");
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                self.invalid(name, "Input should be a valid string", "string_type");
+                None
+            }
+        }
+    }
+
+    /// An optional string: `None` when absent, `Some(None)` when `null`.
+    pub fn optional_str(&mut self, name: &str) -> Option<Option<String>> {
+        match self.values.get(name) {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(Value::String(s)) => Some(Some(s.clone())),
+            Some(_) => {
+                self.invalid(name, "Input should be a valid string", "string_type");
+                None
+            }
+        }
+    }
+
+    /// An optional string that may not be `null` when present.
+    pub fn optional_non_null_str(&mut self, name: &str) -> Option<String> {
+        match self.optional_str(name) {
+            Some(Some(s)) => Some(s),
+            Some(None) => {
+                self.invalid(name, "Input should be a valid string", "string_type");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// An optional boolean (JSON `true`/`false` only).
+    pub fn optional_bool(&mut self, name: &str) -> Option<bool> {
+        match self.values.get(name) {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                self.invalid(name, "Input should be a valid boolean", "bool_type");
+                None
+            }
+        }
+    }
+
+    /// An optional integer in `range`, read from a JSON number or a query string.
+    pub fn optional_int(&mut self, name: &str, min: i64, max: i64) -> Option<i64> {
+        let parsed = match self.values.get(name)? {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        match parsed {
+            None => {
+                self.invalid(name, "Input should be a valid integer", "int_parsing");
+                None
+            }
+            Some(v) if v < min => {
+                self.invalid(
+                    name,
+                    &format!("Input should be greater than or equal to {min}"),
+                    "greater_than_equal",
+                );
+                None
+            }
+            Some(v) if v > max => {
+                self.invalid(
+                    name,
+                    &format!("Input should be less than or equal to {max}"),
+                    "less_than_equal",
+                );
+                None
+            }
+            Some(v) => Some(v),
+        }
+    }
+
+    /// Ends validation: unknown fields are problems; any problem is a 422 listing all.
+    pub fn finish(mut self, allowed: &[&str]) -> Result<(), Response> {
+        let mut extra: Vec<String> = self
+            .values
+            .keys()
+            .filter(|k| !allowed.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        extra.sort();
+        for name in extra {
+            self.invalid(&name, "Extra inputs are not permitted", "extra_forbidden");
+        }
+        if self.issues.is_empty() {
+            Ok(())
+        } else {
+            Err(unprocessable(self.issues))
+        }
+    }
+
+    /// Like [`finish`](Self::finish) but ignores unknown fields (query strings).
+    pub fn finish_lenient(self) -> Result<(), Response> {
+        if self.issues.is_empty() {
+            Ok(())
+        } else {
+            Err(unprocessable(self.issues))
+        }
+    }
+}
+
+/// A deliberately plain email check: `local@domain.tld`, no spaces, sane lengths.
+pub fn is_valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && domain.len() <= 253
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && labels
+            .last()
+            .is_some_and(|tld| tld.len() >= 2 && tld.chars().all(|c| c.is_ascii_alphabetic()));
+    local_ok && domain_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails() {
+        for ok in [
+            "ana@example.com",
+            "a.b+c@sub.example.org",
+            "X_Y@ex-ample.io",
+        ] {
+            assert!(is_valid_email(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "ana",
+            "ana@",
+            "@example.com",
+            "ana@example",
+            "a b@example.com",
+            "ana@@example.com",
+            "ana@example.c",
+            "ana@-example.com",
+            ".ana@example.com",
+        ] {
+            assert!(!is_valid_email(bad), "{bad}");
+        }
+    }
+}
