@@ -32,6 +32,8 @@ impl CuttableProxy {
                     continue;
                 }
                 let mut cuts = cuts.clone();
+                // Only cuts after this connection was accepted concern it.
+                cuts.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(upstream).await else {
                         return;

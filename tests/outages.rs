@@ -1,0 +1,126 @@
+//! A backend that goes away answers 503 with the backend named, never takes the host down,
+//! and service resumes by itself when it is back. The outage is a cuttable TCP proxy in
+//! front of the shared local services, which are never stopped.
+
+use std::net::ToSocketAddrs;
+use std::time::{Duration, Instant};
+
+use plinth_tests::proxy::CuttableProxy;
+use plinth_tests::{Backend, PluginsDir, TestHost};
+
+fn resolve(addr: &str) -> std::net::SocketAddr {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .expect("resolvable address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_names_the_backends_in_use() {
+    let (_plugins, host) = TestHost::start_api(&Backend::sqlite());
+    let ready = host.get("/ready").await;
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["kv"], "in-process");
+
+    let backend = Backend::postgres();
+    let (_plugins, host) = TestHost::start_api(&backend);
+    let body: serde_json::Value = host.get("/ready").await.json().await.expect("json");
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["kv"], "redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_503_and_service_resumes() {
+    let backend = Backend::postgres();
+    let direct = backend.database_url().expect("postgres url");
+    let proxy = CuttableProxy::start(resolve("127.0.0.1:5432")).await;
+    let via_proxy = direct.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    assert_ne!(
+        via_proxy, direct,
+        "the test database URL must go through the proxy"
+    );
+
+    let plugins = PluginsDir::with(&["auth", "users", "hello"]);
+    let host = TestHost::builder()
+        .backend(&backend)
+        .env("DATABASE_URL", via_proxy)
+        .start(&plugins);
+    let (_, tokens) = host.user("ola").await;
+    host.get_as("/api/v1/users/me", &tokens.access)
+        .await
+        .expect(200, None);
+
+    proxy.cut();
+    let down = host.get_as("/api/v1/users/me", &tokens.access).await;
+    down.expect(503, Some("UNAVAILABLE"));
+    let text = down.body.to_string();
+    assert!(
+        !text.contains("5432") && !text.contains("postgres://"),
+        "{text}"
+    );
+    let ready = host.get("/ready").await;
+    assert_eq!(ready.status(), 503);
+    let ready: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(ready["code"], "UNAVAILABLE");
+    assert!(
+        ready["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("database")),
+        "{ready}"
+    );
+    // The host itself is fine: liveness and plugins without a database still answer.
+    assert_eq!(host.get("/health").await.status(), 200);
+    assert_eq!(host.get("/hello/x").await.status(), 200);
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = host.get_as("/api/v1/users/me", &tokens.access).await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service did not resume: {} {}",
+            reply.status,
+            reply.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(host.get("/ready").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_503_on_authenticated_routes_and_recovers() {
+    let backend = Backend::postgres();
+    let proxy = CuttableProxy::start(resolve("127.0.0.1:6379")).await;
+    let plugins = PluginsDir::with(&["auth", "users"]);
+    let host = TestHost::builder()
+        .backend(&backend)
+        .env("REDIS_URL", format!("redis://{}", proxy.addr))
+        .start(&plugins);
+    let (_, tokens) = host.user("pam").await;
+    host.get_as("/api/v1/users/me", &tokens.access)
+        .await
+        .expect(200, None);
+
+    proxy.cut();
+    // Token state cannot be checked: refuse rather than accept a possibly revoked token.
+    host.get_as("/api/v1/users/me", &tokens.access)
+        .await
+        .expect(503, Some("UNAVAILABLE"));
+    assert_eq!(host.get("/ready").await.status(), 503);
+    assert_eq!(host.get("/health").await.status(), 200);
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while host.get_as("/api/v1/users/me", &tokens.access).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "service did not resume after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
