@@ -6,7 +6,10 @@
 #   BENCH_SECONDS=30 BENCH_CONNECTIONS=128 bash scripts/bench.sh
 #
 # Targets: a bare hyper hello-world built here (the machine's ceiling), GET /health (host
-# only) and GET /hello/x (through a plugin instance). Client and servers share the machine,
+# only), GET /hello/x (through a plugin instance), and GET /api/v1/users/me (JWT verify +
+# plugin + database read) on SQLite and on PostgreSQL + Redis, at 64 and 1,024 connections
+# and while a login flood runs. PostgreSQL and Redis are the local services (a scratch
+# database is created and dropped). Client and servers share the machine,
 # as they do on a 2-core box; compare ratios rather than absolute figures across machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,14 +32,15 @@ pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-# start <name> <command...>: runs a server on port 0, waits for its "listening" line.
+# start <name> <command...>: runs a server on port 0 (in this shell, so cleanup can stop
+# it), waits for its "listening" line and sets $started_addr.
 start() {
-  local name=$1; shift
+  local name=$1 addr=; shift
   "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 600); do
     addr=$(grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$work/$name.log" | head -1 | sed -E 's|listening on (http://)?||') || true
-    [ -n "${addr:-}" ] && { echo "$addr"; return; }
+    [ -n "${addr:-}" ] && { started_addr=$addr; return; }
     sleep 0.1
   done
   echo "bench: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
@@ -45,9 +49,10 @@ start() {
 # measure <label> <url>: prints "label rps p50_ms p99_ms" and keeps it for the summary.
 results=()
 measure() {
-  local label=$1 url=$2 out
-  wrk -t"$threads" -c"$connections" -d1s "$url" >/dev/null 2>&1 || true   # warm-up
-  out=$(wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency "$url")
+  local label=$1 url=$2 out conns=${CONNS:-$connections}
+  shift 2
+  wrk -t"$threads" -c"$conns" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
+  out=$(wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency "$@" "$url")
   local rps p50 p99 errors
   rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
@@ -59,12 +64,49 @@ to_ms() {
   awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
 }
 
-hyper_addr=$(BIND_ADDR=127.0.0.1:0 start hyper target/release/plinth-bench-hyper-hello)
-plinth_addr=$(BIND_ADDR=127.0.0.1:0 LOG_FORMAT=json start plinth target/release/plinth)
+ulimit -n 65536 2>/dev/null || true
+bash scripts/services.sh
+bench_db="plinth_bench_$$"
+psql -h 127.0.0.1 -U postgres -q -c "CREATE DATABASE $bench_db"
+trap 'cleanup; psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null 2>&1' EXIT
+
+common_env=(JWT_SECRET=bench-secret-bench-secret-bench-secret-0123 LOG_FORMAT=json
+  FIRST_SUPERUSER_EMAIL=root@example.com FIRST_SUPERUSER_USERNAME=root
+  FIRST_SUPERUSER_PASSWORD=root-password BIND_ADDR=127.0.0.1:0)
+start hyper env BIND_ADDR=127.0.0.1:0 target/release/plinth-bench-hyper-hello
+hyper_addr=$started_addr
+start plinth env "${common_env[@]}" DATABASE_URL="sqlite://$work/bench.db" target/release/plinth
+plinth_addr=$started_addr
+start plinth-pg env "${common_env[@]}" DATABASE_URL="postgres://postgres@127.0.0.1:5432/$bench_db" \
+  REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-$$" target/release/plinth
+pg_addr=$started_addr
+
+token_for() { # <addr>: a fresh access token for root
+  curl -sf -X POST "http://$1/api/v1/auth/login" -H 'content-type: application/json' \
+    -d '{"email":"root@example.com","password":"root-password"}' |
+    sed -E 's/.*"access_token":"([^"]+)".*/\1/'
+}
+sqlite_token=$(token_for "$plinth_addr")
+pg_token=$(token_for "$pg_addr")
+cat >"$work/login.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"email":"root@example.com","password":"root-password"}'
+LUA
 
 measure "bare hyper hello-world" "http://$hyper_addr/"
 measure "plinth GET /health (host only)" "http://$plinth_addr/health"
 measure "plinth GET /hello/x (plugin)" "http://$plinth_addr/hello/x"
+measure "users/me SQLite" "http://$plinth_addr/api/v1/users/me" -H "Authorization: Bearer $sqlite_token"
+measure "users/me PostgreSQL+Redis" "http://$pg_addr/api/v1/users/me" -H "Authorization: Bearer $pg_token"
+CONNS=1024 measure "users/me PostgreSQL, 1024 conns" "http://$pg_addr/api/v1/users/me" -H "Authorization: Bearer $pg_token"
+# A login flood (argon2 on every request) next to /users/me on the same host.
+wrk -t1 -c16 -d"$((seconds + 2))s" -s "$work/login.lua" "http://$pg_addr/api/v1/auth/login" >"$work/flood.out" 2>&1 &
+flood=$!
+sleep 1
+measure "users/me PostgreSQL during login flood" "http://$pg_addr/api/v1/users/me" -H "Authorization: Bearer $pg_token"
+wait "$flood" || true
+flood_rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$work/flood.out")
 
 echo
 echo "wrk -t$threads -c$connections -d${seconds}s, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -79,3 +121,5 @@ echo
 echo "host-only / bare hyper:      $(ratio "$(rps_of 1)" "$(rps_of 0)")"
 echo "plugin path / bare hyper:    $(ratio "$(rps_of 2)" "$(rps_of 0)")"
 echo "plugin path / host-only:     $(ratio "$(rps_of 2)" "$(rps_of 1)")   (target: >= 50%)"
+p99_of() { IFS='|' read -r _ _ _ p99 _ <<<"${results[$1]}"; echo "$p99"; }
+echo "users/me p99 under login flood / quiet: $(awk -v a="$(p99_of 6)" -v b="$(p99_of 4)" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }')   (target: <= 5x; flood served ${flood_rps:-?} logins/s)"

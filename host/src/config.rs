@@ -12,6 +12,7 @@ use anyhow::{Context, bail, ensure};
 use crate::capabilities::bootstrap::FirstSuperuser;
 use crate::capabilities::sql::SqlConfig;
 use crate::capabilities::tokens::TokenConfig;
+use crate::middleware::cors::CorsPolicy;
 
 /// Shortest `JWT_SECRET` accepted (API.md).
 const MIN_SECRET_BYTES: usize = 32;
@@ -49,6 +50,13 @@ pub struct Config {
     pub key_prefix: String,
     pub tokens: TokenConfig,
     pub first_superuser: Option<FirstSuperuser>,
+    /// `None`: no cross-origin access.
+    pub cors: Option<CorsPolicy>,
+    /// Requests per minute per client IP; 0 turns a limit off.
+    pub rate_limit_per_minute: u32,
+    pub auth_rate_limit_per_minute: u32,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Config {
@@ -137,6 +145,28 @@ impl Config {
             ),
         };
 
+        let cors = CorsPolicy::from_config(
+            get("CORS_ALLOWED_ORIGINS").as_deref(),
+            parse_or(&get, "CORS_ALLOW_CREDENTIALS", false)?,
+            parse_or(&get, "CORS_MAX_AGE_SECONDS", 600)?,
+        )?;
+        let trusted_proxies = get("TRUSTED_PROXIES")
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        p.parse::<ipnet::IpNet>()
+                            .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                            .with_context(|| {
+                                format!("TRUSTED_PROXIES: `{p}` is not an IP address or CIDR")
+                            })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+
         Ok(Self {
             bind_addr,
             app_env,
@@ -149,6 +179,10 @@ impl Config {
             key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "plinth".to_owned()),
             tokens,
             first_superuser,
+            cors,
+            rate_limit_per_minute: parse_or(&get, "RATE_LIMIT_PER_MINUTE", 60)?,
+            auth_rate_limit_per_minute: parse_or(&get, "AUTH_RATE_LIMIT_PER_MINUTE", 10)?,
+            trusted_proxies,
         })
     }
 }
@@ -249,6 +283,9 @@ mod tests {
             ("JWT_SECRET", "too-short"),
             ("ACCESS_TOKEN_TTL_SECONDS", "soon"),
             ("FIRST_SUPERUSER_EMAIL", "root@example.com"),
+            ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("CORS_ALLOWED_ORIGINS", "example.com"),
+            ("RATE_LIMIT_PER_MINUTE", "lots"),
         ] {
             let err = config(&[(key, value)]).expect_err(key);
             assert!(

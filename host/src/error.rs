@@ -46,6 +46,8 @@ pub enum ApiError {
     BadRequestBody,
     #[error("invalid request")]
     Validation(Vec<ValidationIssue>),
+    #[error("rate limit exceeded")]
+    RateLimited,
     #[error("plugin failed: {0}")]
     PluginFailed(String),
     #[error("plugin timed out")]
@@ -64,6 +66,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequestBody => StatusCode::BAD_REQUEST,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -79,6 +82,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::BadRequestBody => "BAD_REQUEST",
             Self::Validation(_) => "VALIDATION_ERROR",
+            Self::RateLimited => "RATE_LIMITED",
             Self::PluginFailed(_) => "PLUGIN_FAILED",
             Self::PluginTimeout => "PLUGIN_TIMEOUT",
             Self::Unavailable(_) => "UNAVAILABLE",
@@ -98,6 +102,7 @@ impl ApiError {
             }
             Self::BadRequestBody => "The request body could not be read".to_owned(),
             Self::Validation(issues) => return Detail::Validation(issues.clone()),
+            Self::RateLimited => "Too many requests; retry after the window resets".to_owned(),
             Self::PluginFailed(_) => "The endpoint failed to produce a response".to_owned(),
             Self::PluginTimeout => "The endpoint did not answer in time".to_owned(),
             Self::Unavailable(_) => "A required backend is unavailable".to_owned(),

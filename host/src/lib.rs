@@ -31,6 +31,7 @@ pub mod bindings;
 pub mod capabilities;
 pub mod config;
 pub mod error;
+pub mod middleware;
 pub mod pipeline;
 pub mod plugins;
 pub mod request_id;

@@ -1,15 +1,18 @@
 //! A request's way through the host, composed in one place.
 //!
 //! ```text
-//! request id + span → platform endpoints → route match (404/405) → body limit (413)
+//! request id + span → CORS preflight (answered here) → platform endpoints (/health, /ready)
+//!   → route match → rate limit → 404/405 → body limit (413)
 //!   → route auth policy (bearer JWT → principal, 401) → plugin instance
-//!   → error mapping → X-Request-Id → access log line
+//!   → error mapping → rate-limit headers → CORS headers → X-Request-Id → access log line
 //! ```
 //!
 //! Why this order: the request id comes first so that every later step, including a
-//! failure, is logged under it; host endpoints answer before the route table so no plugin
-//! can shadow them; the route is matched before the body is read so unknown paths cost
-//! nothing; the token is checked after the body limit so an oversized upload is refused
+//! failure, is logged under it; preflights are answered before limiting (browsers send
+//! them on their own) and host endpoints before the route table, so no plugin can shadow
+//! them and load-balancer probes are never limited; the route is matched before limiting
+//! only to pick its budget — unknown paths count too, so the 404 comes after the limit;
+//! the route is matched before the body is read so unknown paths cost nothing; the token is checked after the body limit so an oversized upload is refused
 //! without a token lookup, and before the plugin so it never runs for a stranger; errors of every step meet in [`ApiError::into_response`] and then receive the
 //! same response headers as successes.
 
@@ -28,8 +31,10 @@ use crate::bindings::plinth::plugin::tokens::TokenKind;
 use crate::capabilities::Capabilities;
 use crate::capabilities::tokens::TokenError;
 use crate::error::{ApiError, Body, json_response};
+use crate::middleware::cors::CorsPolicy;
+use crate::middleware::rate_limit::{RateLimiter, client_ip};
 use crate::plugins::Registry;
-use crate::plugins::manifest::AuthPolicy;
+use crate::plugins::manifest::{AuthPolicy, RateLimitClass};
 use crate::plugins::routes::RouteMatch;
 use crate::plugins::runtime::PluginFailure;
 use crate::request_id;
@@ -39,6 +44,9 @@ use crate::request_id;
 pub struct AppState {
     pub registry: Registry,
     pub capabilities: Arc<Capabilities>,
+    pub rate_limiter: RateLimiter,
+    pub cors: Option<CorsPolicy>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_body_bytes: usize,
 }
 
@@ -59,18 +67,27 @@ pub async fn handle(
     let request_id = request_id::from_headers_or_new(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let client = client_ip(peer.ip(), request.headers(), &state.trusted_proxies);
+    let origin = request.headers().get(http::header::ORIGIN).cloned();
     let span = tracing::info_span!("request", request_id = %request_id);
 
     let mut outcome = Outcome::default();
-    let mut response = dispatch(&state, request, &request_id, &mut outcome)
-        .instrument(span.clone())
-        .await
-        .unwrap_or_else(|err| {
-            if err.status().is_server_error() {
-                span.in_scope(|| tracing::error!(error = %err, "request failed"));
+    let preflight = state
+        .cors
+        .as_ref()
+        .and_then(|cors| cors.preflight(&method, request.headers()));
+    let mut response = match preflight {
+        Some(preflight) => preflight,
+        None => {
+            let mut response = dispatch(&state, request, client, &request_id, &mut outcome)
+                .instrument(span.clone())
+                .await;
+            if let Some(cors) = &state.cors {
+                cors.decorate(origin.as_ref(), &mut response);
             }
-            err.into_response()
-        });
+            response
+        }
+    };
 
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(request_id::HEADER, value);
@@ -87,26 +104,68 @@ pub async fn handle(
             plugin_version = plugin_version.as_deref(),
             status = response.status().as_u16(),
             latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
-            client_ip = %peer.ip(),
+            client_ip = %client,
             "request"
         );
     });
     response
 }
 
+/// The one place an [`ApiError`] becomes a response; server-side causes are logged here.
+fn error_response(err: ApiError) -> Response<Body> {
+    if err.status().is_server_error() {
+        tracing::error!(error = %err, "request failed");
+    }
+    err.into_response()
+}
+
+/// Everything after the preflight: host endpoints, then limiting, then the route.
 async fn dispatch(
     state: &AppState,
     request: Request<Incoming>,
+    client: std::net::IpAddr,
     request_id: &str,
     outcome: &mut Outcome,
-) -> Result<Response<Body>, ApiError> {
+) -> Response<Body> {
     if let Some(response) = platform_endpoint(state, request.method(), request.uri().path()).await {
-        return response;
+        return response.unwrap_or_else(error_response);
     }
 
     // One snapshot for the whole request: a reload never swaps the plugin under it.
     let table = state.registry.snapshot();
-    let RouteMatch { target, params } = table.resolve(request.method(), request.uri().path())?;
+    let resolved = table.resolve(request.method(), request.uri().path());
+    let class = resolved
+        .as_ref()
+        .map_or(RateLimitClass::Default, |m| m.target.rate_limit);
+    let decision = match state.rate_limiter.check(client, class).await {
+        Ok(decision) => decision,
+        Err(unavailable) => return error_response(unavailable.into()),
+    };
+    let mut response = if decision.is_some_and(|d| !d.allowed) {
+        error_response(ApiError::RateLimited)
+    } else {
+        match resolved {
+            Ok(matched) => serve(state, request, matched, request_id, outcome)
+                .await
+                .unwrap_or_else(error_response),
+            Err(err) => error_response(err),
+        }
+    };
+    if let Some(decision) = decision {
+        decision.apply(response.headers_mut());
+    }
+    response
+}
+
+/// Runs the matched route: body limit, auth policy, the plugin.
+async fn serve(
+    state: &AppState,
+    request: Request<Incoming>,
+    matched: RouteMatch<'_>,
+    request_id: &str,
+    outcome: &mut Outcome,
+) -> Result<Response<Body>, ApiError> {
+    let RouteMatch { target, params } = matched;
     outcome.route = Some(target.pattern.clone());
     outcome.plugin = Some((target.plugin.name.clone(), target.plugin.version.clone()));
 

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use crate::capabilities::{self, Capabilities};
 use crate::config::Config;
+use crate::middleware::rate_limit::RateLimiter;
 use crate::pipeline::{self, AppState};
 use crate::plugins::{self, Registry, runtime::PluginEngine};
 
@@ -54,6 +55,14 @@ impl Application {
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
         let state = Arc::new(AppState {
             registry: Registry::new(table),
+            rate_limiter: RateLimiter::new(
+                capabilities.kv.clone(),
+                &config.key_prefix,
+                config.rate_limit_per_minute,
+                config.auth_rate_limit_per_minute,
+            ),
+            cors: config.cors.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
             capabilities,
             max_body_bytes: config.max_body_bytes,
         });

@@ -155,6 +155,10 @@ impl HostBuilder {
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("JWT_SECRET", TEST_JWT_SECRET)
+            // Functional tests send many requests from one IP: limits are off unless a
+            // test turns them on.
+            .env("RATE_LIMIT_PER_MINUTE", "0")
+            .env("AUTH_RATE_LIMIT_PER_MINUTE", "0")
             .env(
                 "DATABASE_URL",
                 format!("sqlite://{}/plinth.db", self.data_dir.path().display()),

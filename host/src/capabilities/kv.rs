@@ -59,11 +59,16 @@ impl std::fmt::Debug for KvStore {
 }
 
 impl KvStore {
+    /// A fresh in-process store.
+    pub fn in_process() -> Self {
+        Self::Memory(Arc::new(MemoryStore::default()))
+    }
+
     /// The in-process store, or Redis at `url`. Redis connections are re-established by
     /// the connection manager after an outage; the host starts even if Redis is down.
     pub async fn connect(url: Option<&str>) -> anyhow::Result<Self> {
         let Some(url) = url else {
-            return Ok(Self::Memory(Arc::new(MemoryStore::default())));
+            return Ok(Self::in_process());
         };
         let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -97,6 +102,17 @@ impl KvStore {
             Self::Redis(conn) => {
                 let mut conn = conn.clone();
                 redis_call(redis::cmd("GET").arg(key).query_async(&mut conn)).await
+            }
+        }
+    }
+
+    /// Several keys in one round trip.
+    pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        match self {
+            Self::Memory(store) => Ok(keys.iter().map(|k| store.get(k)).collect()),
+            Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                redis_call(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await
             }
         }
     }

@@ -193,14 +193,17 @@ impl TokenService {
         if claims.exp <= now_secs() {
             return Err(TokenError::Expired);
         }
-        let revoked = self.kv.get(&self.revoked_key(&claims.jti)).await?;
-        if revoked.is_some() {
+        // Both revocation checks in one round trip.
+        let revoked_key = self.revoked_key(&claims.jti);
+        let subject_key = self.subject_key(&claims.sub, kind);
+        let state = self.kv.get_many(&[&revoked_key, &subject_key]).await?;
+        if state.first().is_some_and(Option::is_some) {
             return Err(TokenError::Revoked);
         }
-        if let Some(cutoff) = self
-            .kv
-            .get(&self.subject_key(&claims.sub, kind))
-            .await?
+        if let Some(cutoff) = state
+            .get(1)
+            .cloned()
+            .flatten()
             .and_then(|v| String::from_utf8(v).ok())
             .and_then(|v| v.parse::<u64>().ok())
             && issued_at_ms(&claims) <= cutoff

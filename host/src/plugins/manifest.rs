@@ -40,6 +40,20 @@ pub struct RouteSpec {
     pub path: String,
     #[serde(default)]
     pub auth: AuthPolicy,
+    /// Which rate limit counts requests to this route.
+    #[serde(default)]
+    pub rate_limit: RateLimitClass,
+}
+
+/// The rate-limit budgets a route can draw from (limits come from the host's configuration).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitClass {
+    /// `RATE_LIMIT_PER_MINUTE`.
+    #[default]
+    Default,
+    /// `AUTH_RATE_LIMIT_PER_MINUTE`: stricter, for credential endpoints.
+    Auth,
 }
 
 /// What the host checks before the plugin runs.

@@ -97,6 +97,7 @@ impl LoadedPlugin {
             loaded_at: SystemTime::now(),
             component: ReadyComponent {
                 engine: engine.engine().clone(),
+                slots: engine.slots(),
                 pre,
                 plugin_name: Arc::from(manifest.name.as_str()),
                 grants: Arc::new(manifest.capabilities.clone()),

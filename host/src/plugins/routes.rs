@@ -10,7 +10,7 @@ use anyhow::bail;
 use http::Method;
 
 use super::LoadedPlugin;
-use super::manifest::AuthPolicy;
+use super::manifest::{AuthPolicy, RateLimitClass};
 use crate::error::ApiError;
 
 /// Where a matched request goes.
@@ -20,6 +20,7 @@ pub struct RouteTarget {
     pub method: Method,
     pub pattern: Arc<str>,
     pub auth: AuthPolicy,
+    pub rate_limit: RateLimitClass,
 }
 
 #[derive(Debug)]
@@ -65,6 +66,7 @@ impl RouteTable {
                     method,
                     pattern: Arc::from(route.path.as_str()),
                     auth: route.auth,
+                    rate_limit: route.rate_limit,
                 });
             }
         }

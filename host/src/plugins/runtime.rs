@@ -34,10 +34,16 @@ const MAX_MEMORY_BYTES: usize = 512 * 1024 * 1024;
 /// it. A Rust guest's stack and small heap fit.
 const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 
+/// How long a request waits for a free instance slot before it is answered 503.
+const SLOT_WAIT: Duration = Duration::from_secs(5);
+
 /// The per-process plugin engine.
 #[derive(Clone, Debug)]
 pub struct PluginEngine {
     engine: Engine,
+    /// One permit per pooled instance slot: requests beyond the pool's size queue here
+    /// (fairly, in arrival order) instead of failing to instantiate.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl PluginEngine {
@@ -60,11 +66,18 @@ impl PluginEngine {
             .map_err(anyhow::Error::from)
             .context("configuring the wasm engine")?;
         spawn_epoch_ticker(&engine)?;
-        Ok(Self { engine })
+        Ok(Self {
+            engine,
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_INSTANCES as usize)),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub fn slots(&self) -> Arc<tokio::sync::Semaphore> {
+        self.slots.clone()
     }
 }
 
@@ -128,6 +141,7 @@ pub enum PluginFailure {
 /// A compiled, linked plugin ready to be instantiated per request.
 pub struct ReadyComponent {
     pub(crate) engine: Engine,
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
     pub(crate) pre: PluginPre<InstanceState>,
     pub(crate) plugin_name: Arc<str>,
     pub(crate) grants: Arc<Grants>,
@@ -149,6 +163,10 @@ impl std::fmt::Debug for ReadyComponent {
 impl ReadyComponent {
     /// Runs `request` in a fresh instance: nothing survives from one request to the next.
     pub async fn call(&self, request: &Request) -> Result<Response, PluginFailure> {
+        let _slot = tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
+            .await
+            .map_err(|_| PluginFailure::Exhausted("no instance slot freed in time".into()))?
+            .map_err(|_| PluginFailure::Exhausted("instance slots closed".into()))?;
         let mut store = self.new_store();
         let instance = self
             .pre

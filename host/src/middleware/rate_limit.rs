@@ -1,0 +1,218 @@
+//! Rate limiting per client IP: fixed one-minute windows counted with one atomic increment
+//! per request in the key-value store, so with Redis every host instance shares one budget.
+//!
+//! Two classes: `default` (`RATE_LIMIT_PER_MINUTE`, every route and unknown paths) and
+//! `auth` (`AUTH_RATE_LIMIT_PER_MINUTE`, routes whose manifest says `rate_limit = "auth"`),
+//! each with its own counter. `/health`, `/ready` and CORS preflights are never counted.
+//!
+//! When Redis cannot be reached: `auth` routes fail closed (503: brute-force protection
+//! must not disappear with Redis), other routes fall back to a per-instance counter (the
+//! limit then holds per instance rather than globally).
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderValue};
+
+use crate::capabilities::kv::KvStore;
+use crate::plugins::manifest::RateLimitClass;
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    store: KvStore,
+    /// Used for `default` routes while the shared store is unreachable.
+    local: KvStore,
+    key_prefix: String,
+    default_per_minute: u32,
+    auth_per_minute: u32,
+}
+
+/// The outcome of counting one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the window resets.
+    pub reset_secs: u64,
+    pub allowed: bool,
+}
+
+impl Decision {
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (and `Retry-After` on 429).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(self.reset_secs));
+        if !self.allowed {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(self.reset_secs),
+            );
+        }
+    }
+}
+
+/// Why no decision could be made.
+#[derive(Debug, thiserror::Error)]
+#[error("rate limit store unavailable")]
+pub struct LimiterUnavailable;
+
+impl From<LimiterUnavailable> for crate::error::ApiError {
+    fn from(_: LimiterUnavailable) -> Self {
+        Self::Unavailable("rate limit store".into())
+    }
+}
+
+impl RateLimiter {
+    pub fn new(
+        store: KvStore,
+        key_prefix: &str,
+        default_per_minute: u32,
+        auth_per_minute: u32,
+    ) -> Self {
+        Self {
+            store,
+            local: KvStore::in_process(),
+            key_prefix: key_prefix.to_owned(),
+            default_per_minute,
+            auth_per_minute,
+        }
+    }
+
+    fn limit_of(&self, class: RateLimitClass) -> u32 {
+        match class {
+            RateLimitClass::Default => self.default_per_minute,
+            RateLimitClass::Auth => self.auth_per_minute,
+        }
+    }
+
+    /// Counts one request of `client` in `class`; `None` when that class is not limited.
+    pub async fn check(
+        &self,
+        client: IpAddr,
+        class: RateLimitClass,
+    ) -> Result<Option<Decision>, LimiterUnavailable> {
+        let limit = self.limit_of(class);
+        if limit == 0 {
+            return Ok(None);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let window = now / WINDOW.as_secs();
+        let reset_secs = (window + 1) * WINDOW.as_secs() - now;
+        let class_name = match class {
+            RateLimitClass::Default => "default",
+            RateLimitClass::Auth => "auth",
+        };
+        let key = format!("{}:rl:{class_name}:{client}:{window}", self.key_prefix);
+        // The key outlives its window slightly so clock skew between instances is harmless.
+        let ttl = Some(WINDOW + Duration::from_secs(5));
+        let count = match self.store.increment(&key, 1, ttl).await {
+            Ok(count) => count,
+            Err(err) if class == RateLimitClass::Default => {
+                tracing::warn!(error = %err, "rate limit store unavailable; counting locally");
+                self.local
+                    .increment(&key, 1, ttl)
+                    .await
+                    .map_err(|_| LimiterUnavailable)?
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "rate limit store unavailable; refusing auth route");
+                return Err(LimiterUnavailable);
+            }
+        };
+        let count = u32::try_from(count.max(0)).unwrap_or(u32::MAX);
+        Ok(Some(Decision {
+            limit,
+            remaining: limit.saturating_sub(count),
+            reset_secs,
+            allowed: count <= limit,
+        }))
+    }
+}
+
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
+        list.iter().filter_map(|n| n.parse().ok()).collect()
+    }
+
+    fn xff(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() -> anyhow::Result<()> {
+        let proxy: IpAddr = "10.0.0.5".parse()?;
+        let stranger: IpAddr = "203.0.113.9".parse()?;
+        let trusted = nets(&["10.0.0.0/8"]);
+        let headers = xff("198.51.100.1, 10.0.0.7");
+        assert_eq!(
+            client_ip(proxy, &headers, &trusted),
+            "198.51.100.1".parse::<IpAddr>()?
+        );
+        assert_eq!(client_ip(stranger, &headers, &trusted), stranger);
+        // A client cannot hide behind a forged left-most entry.
+        let spoofed = xff("1.2.3.4, 198.51.100.1");
+        assert_eq!(
+            client_ip(proxy, &spoofed, &trusted),
+            "198.51.100.1".parse::<IpAddr>()?
+        );
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_request_after_the_limit_is_the_first_refused() -> anyhow::Result<()> {
+        let limiter = RateLimiter::new(KvStore::in_process(), "t", 3, 1);
+        let ip: IpAddr = "192.0.2.1".parse()?;
+        for expected_remaining in [2, 1, 0] {
+            let decision = limiter.check(ip, RateLimitClass::Default).await?;
+            let decision = decision.ok_or_else(|| anyhow::anyhow!("limited"))?;
+            assert!(decision.allowed);
+            assert_eq!(decision.remaining, expected_remaining);
+        }
+        let refused = limiter
+            .check(ip, RateLimitClass::Default)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("limited"))?;
+        assert!(!refused.allowed);
+        assert!(refused.reset_secs <= 60);
+        // The auth class has its own budget.
+        let auth = limiter.check(ip, RateLimitClass::Auth).await?;
+        assert!(auth.is_some_and(|d| d.allowed && d.limit == 1));
+        Ok(())
+    }
+}
