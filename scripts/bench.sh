@@ -70,9 +70,11 @@ bench_db="plinth_bench_$$"
 psql -h 127.0.0.1 -U postgres -q -c "CREATE DATABASE $bench_db"
 trap 'cleanup; psql -h 127.0.0.1 -U postgres -q -c "DROP DATABASE IF EXISTS $bench_db WITH (FORCE)" >/dev/null 2>&1' EXIT
 
+# Throughput runs would hit the per-IP limit at once: limits are off except where measured.
 common_env=(JWT_SECRET=bench-secret-bench-secret-bench-secret-0123 LOG_FORMAT=json
   FIRST_SUPERUSER_EMAIL=root@example.com FIRST_SUPERUSER_USERNAME=root
-  FIRST_SUPERUSER_PASSWORD=root-password BIND_ADDR=127.0.0.1:0)
+  FIRST_SUPERUSER_PASSWORD=root-password BIND_ADDR=127.0.0.1:0
+  RATE_LIMIT_PER_MINUTE=0 AUTH_RATE_LIMIT_PER_MINUTE=0)
 start hyper env BIND_ADDR=127.0.0.1:0 target/release/plinth-bench-hyper-hello
 hyper_addr=$started_addr
 start plinth env "${common_env[@]}" DATABASE_URL="sqlite://$work/bench.db" target/release/plinth
@@ -80,6 +82,14 @@ plinth_addr=$started_addr
 start plinth-pg env "${common_env[@]}" DATABASE_URL="postgres://postgres@127.0.0.1:5432/$bench_db" \
   REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-$$" target/release/plinth
 pg_addr=$started_addr
+# Host-only path (an unknown path: routed, counted, 404) with every middleware off, and on:
+# CORS, rate limiting in Redis (a limit too high to trip), and access logging.
+start plinth-off env "${common_env[@]}" DATABASE_URL="sqlite://$work/off.db" RUST_LOG=warn,plinth=info,plinth::access=off target/release/plinth
+off_addr=$started_addr
+start plinth-on env "${common_env[@]}" DATABASE_URL="sqlite://$work/on.db" \
+  REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-on-$$" \
+  RATE_LIMIT_PER_MINUTE=1000000000 CORS_ALLOWED_ORIGINS=https://app.example.com target/release/plinth
+on_addr=$started_addr
 
 token_for() { # <addr>: a fresh access token for root
   curl -sf -X POST "http://$1/api/v1/auth/login" -H 'content-type: application/json' \
@@ -106,14 +116,16 @@ flood=$!
 sleep 1
 measure "users/me PostgreSQL during login flood" "http://$pg_addr/api/v1/users/me" -H "Authorization: Bearer $pg_token"
 wait "$flood" || true
+measure "host-only, middleware off" "http://$off_addr/nope"
+measure "host-only, CORS+rate limit(Redis)+log" "http://$on_addr/nope" -H "Origin: https://app.example.com"
 flood_rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$work/flood.out")
 
 echo
 echo "wrk -t$threads -c$connections -d${seconds}s, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
-printf '%-34s %12s %10s %10s  %s\n' target "requests/s" "p50 ms" "p99 ms" "non-2xx"
+printf '%-42s %12s %10s %10s  %s\n' target "requests/s" "p50 ms" "p99 ms" "non-2xx"
 for row in "${results[@]}"; do
   IFS='|' read -r label rps p50 p99 errors <<<"$row"
-  printf '%-34s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
+  printf '%-42s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
 done
 rps_of() { IFS='|' read -r _ rps _ <<<"${results[$1]}"; echo "$rps"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f%%", (b > 0 ? 100*a/b : 0) }'; }
@@ -122,4 +134,5 @@ echo "host-only / bare hyper:      $(ratio "$(rps_of 1)" "$(rps_of 0)")"
 echo "plugin path / bare hyper:    $(ratio "$(rps_of 2)" "$(rps_of 0)")"
 echo "plugin path / host-only:     $(ratio "$(rps_of 2)" "$(rps_of 1)")   (target: >= 50%)"
 p99_of() { IFS='|' read -r _ _ _ p99 _ <<<"${results[$1]}"; echo "$p99"; }
+echo "middleware on / off (host-only):  $(ratio "$(rps_of 8)" "$(rps_of 7)")   (target: >= 85%, i.e. overhead <= 15%)"
 echo "users/me p99 under login flood / quiet: $(awk -v a="$(p99_of 6)" -v b="$(p99_of 4)" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }')   (target: <= 5x; flood served ${flood_rps:-?} logins/s)"

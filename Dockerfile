@@ -1,0 +1,24 @@
+# The Plinth host with its plugins. Built by docker-compose.yml; usable on its own:
+#   docker build -t plinth . && docker run -p 8080:8080 -e JWT_SECRET=... plinth
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+# scripts/ install the pinned toolchain's wasm32-wasip2 target themselves.
+RUN bash scripts/build-plugins.sh \
+ && cargo build --release --locked -p plinth-host
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --create-home --home-dir /var/lib/plinth plinth
+COPY --from=build /src/target/release/plinth /usr/local/bin/plinth
+COPY --from=build /src/target/plugins /srv/plinth/plugins
+ENV PLUGINS_DIR=/srv/plinth/plugins \
+    BIND_ADDR=0.0.0.0:8080 \
+    LOG_FORMAT=json
+WORKDIR /var/lib/plinth
+USER plinth
+EXPOSE 8080
+HEALTHCHECK --interval=5s --timeout=3s --retries=5 CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+CMD ["plinth"]

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The docker-compose.yml topology without Docker: two plinth hosts sharing the local
+# PostgreSQL and Redis, behind nginx (deploy/nginx.conf with local addresses).
+#   bash deploy/run-by-hand.sh          # then: curl localhost:8090/ready ; Ctrl-C stops all
+# Needs: the local PostgreSQL (trust auth) and Redis, and nginx (apt-get install nginx-light).
+# The replica is left out here (DATABASE_READ_URL would point at it); see RUNNING-BY-HAND.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v nginx >/dev/null || { echo "nginx is needed: apt-get install nginx-light" >&2; exit 1; }
+bash scripts/services.sh
+bash scripts/build-plugins.sh >/dev/null
+cargo build --release --locked -p plinth-host
+
+db=plinth_by_hand
+psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
+  || psql -h 127.0.0.1 -U postgres -q -c "CREATE DATABASE $db"
+work=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; nginx -p "$work" -c "$work/nginx.conf" -s stop 2>/dev/null; rm -rf "$work"' EXIT
+
+export APP_ENV=production LOG_FORMAT=json TRUSTED_PROXIES=127.0.0.1
+export JWT_SECRET=${JWT_SECRET:-by-hand-secret-by-hand-secret-by-hand-secret}
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" REDIS_URL=redis://127.0.0.1:6379
+export FIRST_SUPERUSER_EMAIL=admin@example.com FIRST_SUPERUSER_USERNAME=admin
+export FIRST_SUPERUSER_PASSWORD=${FIRST_SUPERUSER_PASSWORD:-admin-password}
+for port in 8081 8082; do
+  BIND_ADDR=127.0.0.1:$port target/release/plinth >"$work/plinth-$port.log" 2>&1 &
+  pids+=($!)
+done
+for port in 8081 8082; do
+  for _ in $(seq 1 100); do curl -fsS "127.0.0.1:$port/ready" >/dev/null 2>&1 && break; sleep 0.2; done
+done
+
+sed -e 's/plinth-1:8080/127.0.0.1:8081/; s/plinth-2:8080/127.0.0.1:8082/' \
+    -e 's/listen 80;/listen 127.0.0.1:8090;/' \
+    -e "s|^worker_processes auto;|worker_processes auto;\npid $work/nginx.pid;\nerror_log $work/error.log;|" \
+    -e "s|^http {|http {\n    access_log $work/access.log;\n    client_body_temp_path $work;\n    proxy_temp_path $work;|" \
+    deploy/nginx.conf >"$work/nginx.conf"
+nginx -p "$work" -c "$work/nginx.conf"
+echo "serving on http://127.0.0.1:8090 (hosts 8081, 8082); logs in $work; Ctrl-C stops"
+if [ "${1:-}" = "--check" ]; then
+  curl -fsS 127.0.0.1:8090/ready && echo
+  for i in 1 2 3 4; do curl -fsS -o /dev/null -w "%{http_code} " 127.0.0.1:8090/health; done; echo
+  exit 0
+fi
+wait
