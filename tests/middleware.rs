@@ -285,12 +285,22 @@ async fn without_redis_auth_routes_fail_closed_and_others_limit_locally() {
     host.login("nobody@example.com", "password1")
         .await
         .expect(503, Some("UNAVAILABLE"));
-    // Other routes keep serving, limited per instance (a fresh local window).
+    // Other routes keep serving, promptly, limited per instance (a local window).
+    let started = std::time::Instant::now();
     let mut statuses = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..8 {
         statuses.push(host.get("/hello/x").await.status().as_u16());
     }
-    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(served + limited, 8, "{statuses:?}");
+    // Four allowed per local window (five if a minute boundary falls inside the loop).
+    assert!((4..=5).contains(&served), "{statuses:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
 
     proxy.restore();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

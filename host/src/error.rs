@@ -36,6 +36,8 @@ pub enum ApiError {
     NotFound,
     #[error("not authenticated")]
     NotAuthenticated,
+    #[error("forbidden")]
+    Forbidden,
     #[error("not ready: {0}")]
     NotReady(String),
     #[error("method not allowed")]
@@ -61,6 +63,7 @@ impl ApiError {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::NotAuthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -77,6 +80,7 @@ impl ApiError {
         match self {
             Self::NotFound => "NOT_FOUND",
             Self::NotAuthenticated => "NOT_AUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
             Self::NotReady(_) => "UNAVAILABLE",
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
@@ -94,6 +98,7 @@ impl ApiError {
         let message = match self {
             Self::NotFound => "Not found".to_owned(),
             Self::NotAuthenticated => "Not authenticated".to_owned(),
+            Self::Forbidden => "Superuser privileges are required".to_owned(),
             // Names the backend ("database", "redis"), never its address or error text.
             Self::NotReady(backend) => format!("Not ready: {backend} unavailable"),
             Self::MethodNotAllowed { .. } => "Method not allowed".to_owned(),

@@ -27,6 +27,7 @@
 //! - No secret or credential reaches a plugin: `Authorization` is stripped; capabilities
 //!   that need secrets run in the host.
 
+pub mod admin;
 pub mod bindings;
 pub mod capabilities;
 pub mod config;

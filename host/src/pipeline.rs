@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! request id + span → CORS preflight (answered here) → platform endpoints (/health, /ready)
-//!   → route match → rate limit → 404/405 → body limit (413)
+//!   → route match → rate limit → admin API (/admin/…) or 404/405 → body limit (413)
 //!   → route auth policy (bearer JWT → principal, 401) → plugin instance
 //!   → error mapping → rate-limit headers → CORS headers → X-Request-Id → access log line
 //! ```
@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use crate::admin;
 use crate::bindings;
 use crate::bindings::plinth::plugin::tokens::TokenKind;
 use crate::capabilities::Capabilities;
@@ -143,6 +144,17 @@ async fn dispatch(
     };
     let mut response = if decision.is_some_and(|d| !d.allowed) {
         error_response(ApiError::RateLimited)
+    } else if request.uri().path().starts_with("/admin/") {
+        // Reserved for the host (no manifest may claim it), limited like every route.
+        admin::handle(
+            &state.registry,
+            &state.capabilities,
+            request.method(),
+            request.uri().path(),
+            request.headers(),
+        )
+        .await
+        .unwrap_or_else(error_response)
     } else {
         match resolved {
             Ok(matched) => serve(state, request, matched, request_id, outcome)
@@ -251,6 +263,18 @@ async fn readiness(capabilities: &Capabilities) -> Result<Response<Body>, ApiErr
     ))
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+}
+
 /// Applies the route's auth policy: a verified bearer access token becomes the principal.
 /// `required` answers 401 without one; `optional` ignores a missing or unusable one.
 async fn authenticate(
@@ -261,15 +285,7 @@ async fn authenticate(
     if policy == AuthPolicy::None {
         return Ok(None);
     }
-    let token = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .filter(|t| !t.is_empty());
-    let verified = match token {
+    let verified = match bearer_token(headers) {
         Some(token) => {
             state
                 .capabilities

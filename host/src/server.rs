@@ -27,8 +27,6 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown_grace: Duration,
-    // Keeps the engine (and its epoch ticker) alive for as long as the server runs.
-    _engine: PluginEngine,
 }
 
 impl Application {
@@ -54,7 +52,12 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
         let state = Arc::new(AppState {
-            registry: Registry::new(table),
+            registry: Registry::new(
+                table,
+                engine.clone(),
+                capabilities.clone(),
+                config.plugins_dir.clone(),
+            ),
             rate_limiter: RateLimiter::new(
                 capabilities.kv.clone(),
                 &config.key_prefix,
@@ -70,7 +73,6 @@ impl Application {
             listener,
             state,
             shutdown_grace: config.shutdown_grace,
-            _engine: engine,
         })
     }
 

@@ -10,6 +10,7 @@
 //! limit then holds per instance rather than globally).
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue};
@@ -27,6 +28,19 @@ pub struct RateLimiter {
     key_prefix: String,
     default_per_minute: u32,
     auth_per_minute: u32,
+    /// After a store failure, the store is not asked again until then (Unix ms), so an
+    /// outage costs one timeout, not one per request.
+    store_down_until_ms: AtomicU64,
+}
+
+/// How long the shared store is left alone after it failed.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
 }
 
 /// The outcome of counting one request.
@@ -78,6 +92,7 @@ impl RateLimiter {
             key_prefix: key_prefix.to_owned(),
             default_per_minute,
             auth_per_minute,
+            store_down_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -111,19 +126,29 @@ impl RateLimiter {
         let key = format!("{}:rl:{class_name}:{client}:{window}", self.key_prefix);
         // The key outlives its window slightly so clock skew between instances is harmless.
         let ttl = Some(WINDOW + Duration::from_secs(5));
-        let count = match self.store.increment(&key, 1, ttl).await {
-            Ok(count) => count,
-            Err(err) if class == RateLimitClass::Default => {
-                tracing::warn!(error = %err, "rate limit store unavailable; counting locally");
-                self.local
-                    .increment(&key, 1, ttl)
-                    .await
-                    .map_err(|_| LimiterUnavailable)?
+        let shared = if now_ms() < self.store_down_until_ms.load(Ordering::Relaxed) {
+            None
+        } else {
+            match self.store.increment(&key, 1, ttl).await {
+                Ok(count) => Some(count),
+                Err(err) => {
+                    tracing::warn!(error = %err, "rate limit store unavailable");
+                    self.store_down_until_ms.store(
+                        now_ms() + STORE_RETRY_AFTER.as_millis() as u64,
+                        Ordering::Relaxed,
+                    );
+                    None
+                }
             }
-            Err(err) => {
-                tracing::warn!(error = %err, "rate limit store unavailable; refusing auth route");
-                return Err(LimiterUnavailable);
-            }
+        };
+        let count = match (shared, class) {
+            (Some(count), _) => count,
+            (None, RateLimitClass::Default) => self
+                .local
+                .increment(&key, 1, ttl)
+                .await
+                .map_err(|_| LimiterUnavailable)?,
+            (None, RateLimitClass::Auth) => return Err(LimiterUnavailable),
         };
         let count = u32::try_from(count.max(0)).unwrap_or(u32::MAX);
         Ok(Some(Decision {

@@ -37,6 +37,8 @@ pub struct LoadedPlugin {
     pub content_hash: String,
     pub manifest: Manifest,
     pub manifest_path: PathBuf,
+    /// The plugin's directory, where a reload reads it again.
+    pub dir: PathBuf,
     pub loaded_at: SystemTime,
     pub component: ReadyComponent,
 }
@@ -94,6 +96,7 @@ impl LoadedPlugin {
             version: manifest.version.clone(),
             content_hash,
             manifest_path,
+            dir: dir.to_path_buf(),
             loaded_at: SystemTime::now(),
             component: ReadyComponent {
                 engine: engine.engine().clone(),
@@ -187,21 +190,135 @@ pub async fn load_all(
     RouteTable::build(plugins)
 }
 
-/// The route table currently serving. Readers take a snapshot per request, so a swap never
-/// changes the plugin under a request that has already started.
+/// Why a reload did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no plugin named `{0}`")]
+    Unknown(String),
+    /// The new version was refused; the old one keeps serving.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// The route table currently serving, and how to replace it.
+///
+/// Readers take a snapshot per request, so a swap never changes the plugin under a request
+/// that has already started. A reload prepares the new version completely (manifest,
+/// compile, import check, link, route conflicts against the other plugins) before the one
+/// atomic swap; a refused version changes nothing that serves.
 #[derive(Debug)]
 pub struct Registry {
     table: ArcSwap<RouteTable>,
+    engine: PluginEngine,
+    capabilities: Arc<Capabilities>,
+    plugins_dir: PathBuf,
+    /// Serialises reloads, so each builds on the table the previous one installed.
+    reloading: tokio::sync::Mutex<()>,
+    /// Why the last reload of a plugin was refused; cleared by a successful one.
+    last_errors: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Registry {
-    pub fn new(table: RouteTable) -> Self {
+    pub fn new(
+        table: RouteTable,
+        engine: PluginEngine,
+        capabilities: Arc<Capabilities>,
+        plugins_dir: PathBuf,
+    ) -> Self {
         Self {
             table: ArcSwap::from_pointee(table),
+            engine,
+            capabilities,
+            plugins_dir,
+            reloading: tokio::sync::Mutex::new(()),
+            last_errors: std::sync::Mutex::default(),
         }
     }
 
     pub fn snapshot(&self) -> Arc<RouteTable> {
         self.table.load_full()
     }
+
+    pub fn last_error(&self, name: &str) -> Option<String> {
+        self.last_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn record(&self, name: &str, error: Option<String>) {
+        let mut errors = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        match error {
+            Some(error) => errors.insert(name.to_owned(), error),
+            None => errors.remove(name),
+        };
+    }
+
+    /// Builds plugin `name` again from its directory and swaps it in.
+    pub async fn reload(&self, name: &str) -> Result<Arc<LoadedPlugin>, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let current = self.snapshot();
+        let dir = match current.plugins().iter().find(|p| p.name == name) {
+            Some(plugin) => plugin.dir.clone(),
+            None if is_plain_name(name)
+                && self.plugins_dir.join(name).join("plugin.toml").is_file() =>
+            {
+                self.plugins_dir.join(name)
+            }
+            None => return Err(ReloadError::Unknown(name.to_owned())),
+        };
+        let result = self.prepare(&current, name, &dir).await;
+        match result {
+            Ok((plugin, table)) => {
+                self.table.store(Arc::new(table));
+                self.record(name, None);
+                tracing::info!(
+                    plugin = %plugin.name,
+                    version = %plugin.version,
+                    hash = %&plugin.content_hash[..12],
+                    "plugin reloaded"
+                );
+                Ok(plugin)
+            }
+            Err(reason) => {
+                let reason = format!("{reason:#}");
+                tracing::warn!(plugin = %name, %reason, "reload refused; the current version keeps serving");
+                self.record(name, Some(reason.clone()));
+                Err(ReloadError::Rejected(reason))
+            }
+        }
+    }
+
+    async fn prepare(
+        &self,
+        current: &RouteTable,
+        name: &str,
+        dir: &Path,
+    ) -> anyhow::Result<(Arc<LoadedPlugin>, RouteTable)> {
+        let plugin = Arc::new(LoadedPlugin::load(&self.engine, &self.capabilities, dir).await?);
+        if plugin.name != name {
+            bail!(
+                "{} names the plugin `{}`, not `{name}`",
+                plugin.manifest_path.display(),
+                plugin.name
+            );
+        }
+        let plugins = current
+            .plugins()
+            .iter()
+            .filter(|p| p.name != name)
+            .cloned()
+            .chain(std::iter::once(plugin.clone()))
+            .collect();
+        Ok((plugin, RouteTable::build(plugins)?))
+    }
+}
+
+/// A plugin name usable as a directory name (no path tricks from the admin API).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }

@@ -44,7 +44,9 @@ pub struct RouteMatch<'a> {
 impl RouteTable {
     /// Builds the table; two plugins claiming the same method and path, or patterns that
     /// cannot be told apart, are an error naming both manifests.
-    pub fn build(plugins: Vec<Arc<LoadedPlugin>>) -> anyhow::Result<Self> {
+    pub fn build(mut plugins: Vec<Arc<LoadedPlugin>>) -> anyhow::Result<Self> {
+        // Listed by name, whatever order they were loaded or reloaded in.
+        plugins.sort_by(|a, b| a.name.cmp(&b.name));
         let mut by_pattern: BTreeMap<&str, Vec<RouteTarget>> = BTreeMap::new();
         for plugin in &plugins {
             for route in &plugin.manifest.routes {

@@ -1,0 +1,118 @@
+//! The admin API (API.md "Platform endpoints"), for superusers:
+//! - `GET /admin/plugins` — every plugin: name, version, content hash, routes, loaded_at,
+//!   state, last error;
+//! - `POST /admin/plugins/{name}/reload` — rebuild one plugin from its directory and swap
+//!   it in; 404 for an unknown plugin, 422 with the reason when the new build is refused
+//!   (the old version keeps serving).
+
+use http::{HeaderMap, Method, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::bindings::plinth::plugin::sql::Value as SqlValue;
+use crate::bindings::plinth::plugin::tokens::TokenKind;
+use crate::capabilities::Capabilities;
+use crate::capabilities::tokens::TokenError;
+use crate::error::{ApiError, Body, ValidationIssue, json_response};
+use crate::plugins::{LoadedPlugin, Registry, ReloadError};
+
+pub async fn handle(
+    registry: &Registry,
+    capabilities: &Capabilities,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, ApiError> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let allow = |methods: &[&str]| ApiError::MethodNotAllowed {
+        allow: methods.iter().map(|m| (*m).to_owned()).collect(),
+    };
+    match segments.as_slice() {
+        ["admin", "plugins"] => {
+            if method != Method::GET && method != Method::HEAD {
+                return Err(allow(&["GET", "HEAD"]));
+            }
+            require_superuser(capabilities, headers).await?;
+            let table = registry.snapshot();
+            let entries: Vec<Value> = table
+                .plugins()
+                .iter()
+                .map(|p| describe(p, registry.last_error(&p.name)))
+                .collect();
+            Ok(json_response(StatusCode::OK, &entries))
+        }
+        ["admin", "plugins", name, "reload"] => {
+            if method != Method::POST {
+                return Err(allow(&["POST"]));
+            }
+            require_superuser(capabilities, headers).await?;
+            match registry.reload(name).await {
+                Ok(plugin) => Ok(json_response(StatusCode::OK, &describe(&plugin, None))),
+                Err(ReloadError::Unknown(_)) => Err(ApiError::NotFound),
+                Err(ReloadError::Rejected(reason)) => {
+                    Err(ApiError::Validation(vec![ValidationIssue {
+                        loc: vec!["plugin".into(), (*name).to_owned()],
+                        msg: reason,
+                        kind: "reload_rejected".into(),
+                    }]))
+                }
+            }
+        }
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+fn describe(plugin: &LoadedPlugin, last_error: Option<String>) -> Value {
+    let routes: Vec<Value> = plugin
+        .manifest
+        .routes
+        .iter()
+        .map(|r| json!({"method": r.method, "path": r.path}))
+        .collect();
+    let loaded_at = chrono::DateTime::<chrono::Utc>::from(plugin.loaded_at)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    json!({
+        "name": plugin.name,
+        "version": plugin.version,
+        "content_hash": plugin.content_hash,
+        "routes": routes,
+        "loaded_at": loaded_at,
+        "state": "active",
+        "last_error": last_error,
+    })
+}
+
+/// A valid bearer access token of an active superuser; 401 / 403 otherwise.
+async fn require_superuser(
+    capabilities: &Capabilities,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let token = crate::pipeline::bearer_token(headers).ok_or(ApiError::NotAuthenticated)?;
+    let claims = match capabilities.tokens.verify(token, TokenKind::Access).await {
+        Ok(claims) => claims,
+        Err(TokenError::Unavailable) => return Err(ApiError::Unavailable("token state".into())),
+        Err(_) => return Err(ApiError::NotAuthenticated),
+    };
+    let id: i64 = claims
+        .subject
+        .parse()
+        .map_err(|_| ApiError::NotAuthenticated)?;
+    let rows = capabilities
+        .database
+        .query(
+            "SELECT is_active, is_superuser FROM users WHERE id = $1",
+            vec![SqlValue::Integer(id)],
+            true,
+        )
+        .await
+        .map_err(|_| ApiError::Unavailable("database".into()))?;
+    let flag = |row: &[SqlValue], i: usize| match row.get(i) {
+        Some(SqlValue::Boolean(b)) => *b,
+        Some(SqlValue::Integer(n)) => *n != 0,
+        _ => false,
+    };
+    match rows.rows.first() {
+        Some(row) if flag(row, 0) && flag(row, 1) => Ok(()),
+        Some(row) if flag(row, 0) => Err(ApiError::Forbidden),
+        _ => Err(ApiError::NotAuthenticated),
+    }
+}
