@@ -102,8 +102,10 @@ impl Backend {
     }
 }
 
-fn psql(sql: &str) {
-    let output = Command::new("psql")
+/// `psql` against the maintenance database of the test server.
+fn psql_command(sql: &str) -> Command {
+    let mut command = Command::new("psql");
+    command
         .args([
             "-h",
             &pg_host(),
@@ -114,7 +116,12 @@ fn psql(sql: &str) {
             "-d",
             "postgres",
         ])
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql]);
+    command
+}
+
+fn psql(sql: &str) {
+    let output = psql_command(sql)
         .output()
         .expect("running psql (PostgreSQL client) for the test database");
     assert!(
@@ -128,23 +135,8 @@ impl Drop for Backend {
     fn drop(&mut self) {
         if let Self::Postgres { database, .. } = self {
             // Hosts are killed before the backend is dropped; force out stragglers.
-            let _ = Command::new("psql")
-                .args([
-                    "-h",
-                    &pg_host(),
-                    "-p",
-                    &pg_port(),
-                    "-U",
-                    &pg_user(),
-                    "-d",
-                    "postgres",
-                ])
-                .args([
-                    "-q",
-                    "-c",
-                    &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-                ])
-                .output();
+            let _ =
+                psql_command(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).output();
         }
     }
 }

@@ -261,6 +261,42 @@ pub fn current_user(request: &Request) -> Result<User, Response> {
 
 // --- field rules (API.md "Users") ---
 
+/// The fields every new account has, read and checked (`None` where a problem was recorded).
+#[derive(Debug)]
+pub struct AccountFields {
+    pub email: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub full_name: Option<Option<String>>,
+}
+
+/// Reads `email`, `username`, `password` (required) and `full_name` (optional).
+pub fn read_account(body: &mut Fields) -> AccountFields {
+    let email = body.required_str("email");
+    let username = body.required_str("username");
+    let password = body.required_str("password");
+    let full_name = body.optional_str("full_name");
+    AccountFields {
+        email: email_field(body, email),
+        username: username_field(body, username),
+        password: password_field(body, "password", password),
+        full_name: full_name_field(body, full_name),
+    }
+}
+
+/// Reads the optional profile changes `email`, `username` and `full_name`.
+pub fn read_profile_changes(body: &mut Fields) -> UserChanges {
+    let email = body.optional_non_null_str("email");
+    let username = body.optional_non_null_str("username");
+    let full_name = body.optional_str("full_name");
+    UserChanges {
+        email: email_field(body, email),
+        username: username_field(body, username),
+        full_name: full_name_field(body, full_name),
+        ..UserChanges::default()
+    }
+}
+
 /// Email: valid, at most 255 chars; returned trimmed and lower-cased.
 pub fn email_field(fields: &mut Fields, value: Option<String>) -> Option<String> {
     let email = value?.trim().to_lowercase();

@@ -30,16 +30,11 @@ plinth_sdk::export_plugin!(Auth);
 
 fn register(request: &Request) -> Result<Response, Response> {
     let mut body = Fields::from_json(&request.body)?;
-    let email = body.required_str("email");
-    let email = accounts::email_field(&mut body, email);
-    let username = body.required_str("username");
-    let username = accounts::username_field(&mut body, username);
-    let password = body.required_str("password");
-    let password = accounts::password_field(&mut body, "password", password);
-    let full_name = body.optional_str("full_name");
-    let full_name = accounts::full_name_field(&mut body, full_name);
+    let fields = accounts::read_account(&mut body);
     body.finish(&["email", "username", "password", "full_name"])?;
-    let (Some(email), Some(username), Some(password)) = (email, username, password) else {
+    let (Some(email), Some(username), Some(password)) =
+        (fields.email, fields.username, fields.password)
+    else {
         return Err(Response::internal("validation passed without values"));
     };
 
@@ -48,7 +43,7 @@ fn register(request: &Request) -> Result<Response, Response> {
         email,
         username,
         hashed_password,
-        full_name: full_name.flatten(),
+        full_name: fields.full_name.flatten(),
         is_active: true,
         is_superuser: false,
     })?;

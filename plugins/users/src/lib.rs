@@ -57,22 +57,9 @@ fn path_id(request: &Request) -> Result<i64, Response> {
 
 fn update_me(request: &Request, me: &User) -> Result<Response, Response> {
     let mut body = Fields::from_json(&request.body)?;
-    let email = body.optional_non_null_str("email");
-    let email = accounts::email_field(&mut body, email);
-    let username = body.optional_non_null_str("username");
-    let username = accounts::username_field(&mut body, username);
-    let full_name = body.optional_str("full_name");
-    let full_name = accounts::full_name_field(&mut body, full_name);
+    let changes = accounts::read_profile_changes(&mut body);
     body.finish(&["email", "username", "full_name"])?;
-    apply(
-        me,
-        UserChanges {
-            email,
-            username,
-            full_name,
-            ..UserChanges::default()
-        },
-    )
+    apply(me, changes)
 }
 
 /// Applies changes to `user` (nothing to change answers the user as it is).
@@ -165,14 +152,7 @@ fn list(request: &Request, me: &User) -> Result<Response, Response> {
 fn create(request: &Request, me: &User) -> Result<Response, Response> {
     require_superuser(me)?;
     let mut body = Fields::from_json(&request.body)?;
-    let email = body.required_str("email");
-    let email = accounts::email_field(&mut body, email);
-    let username = body.required_str("username");
-    let username = accounts::username_field(&mut body, username);
-    let password = body.required_str("password");
-    let password = accounts::password_field(&mut body, "password", password);
-    let full_name = body.optional_str("full_name");
-    let full_name = accounts::full_name_field(&mut body, full_name);
+    let fields = accounts::read_account(&mut body);
     let is_active = body.optional_bool("is_active");
     let is_superuser = body.optional_bool("is_superuser");
     body.finish(&[
@@ -183,14 +163,16 @@ fn create(request: &Request, me: &User) -> Result<Response, Response> {
         "is_active",
         "is_superuser",
     ])?;
-    let (Some(email), Some(username), Some(password)) = (email, username, password) else {
+    let (Some(email), Some(username), Some(password)) =
+        (fields.email, fields.username, fields.password)
+    else {
         return Err(Response::internal("validation passed without values"));
     };
     let user = accounts::insert(NewUser {
         email,
         username,
         hashed_password: passwords::hash(&password)?,
-        full_name: full_name.flatten(),
+        full_name: fields.full_name.flatten(),
         is_active: is_active.unwrap_or(true),
         is_superuser: is_superuser.unwrap_or(false),
     })?;
@@ -213,12 +195,7 @@ fn update_one(request: &Request, me: &User) -> Result<Response, Response> {
     let id = path_id(request)?;
     require_superuser(me)?;
     let mut body = Fields::from_json(&request.body)?;
-    let email = body.optional_non_null_str("email");
-    let email = accounts::email_field(&mut body, email);
-    let username = body.optional_non_null_str("username");
-    let username = accounts::username_field(&mut body, username);
-    let full_name = body.optional_str("full_name");
-    let full_name = accounts::full_name_field(&mut body, full_name);
+    let profile = accounts::read_profile_changes(&mut body);
     let password = body.optional_non_null_str("password");
     let password = accounts::password_field(&mut body, "password", password);
     let is_active = body.optional_bool("is_active");
@@ -242,12 +219,10 @@ fn update_one(request: &Request, me: &User) -> Result<Response, Response> {
     let response = apply(
         &user,
         UserChanges {
-            email,
-            username,
-            full_name,
             hashed_password,
             is_active,
             is_superuser,
+            ..profile
         },
     )?;
     if password_changed || is_active == Some(false) {
