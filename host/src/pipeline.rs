@@ -7,14 +7,18 @@
 //!   → error mapping → rate-limit headers → CORS headers → X-Request-Id → access log line
 //! ```
 //!
-//! Why this order: the request id comes first so that every later step, including a
-//! failure, is logged under it; preflights are answered before limiting (browsers send
-//! them on their own) and host endpoints before the route table, so no plugin can shadow
-//! them and load-balancer probes are never limited; the route is matched before limiting
-//! only to pick its budget — unknown paths count too, so the 404 comes after the limit;
-//! the route is matched before the body is read so unknown paths cost nothing; the token is checked after the body limit so an oversized upload is refused
-//! without a token lookup, and before the plugin so it never runs for a stranger; errors of every step meet in [`ApiError::into_response`] and then receive the
-//! same response headers as successes.
+//! Why this order:
+//! - the request id comes first, so every later step, failures included, is logged under it;
+//! - preflights are answered before limiting (browsers send them on their own), and host
+//!   endpoints before the route table, so no plugin can shadow them and load-balancer probes
+//!   are never limited;
+//! - the route is matched before limiting only to pick its budget; unknown paths count too,
+//!   so their 404 comes after the limit;
+//! - the body is read only for a matched route, so unknown paths cost nothing;
+//! - the token is checked after the body limit (an oversized upload is refused without a
+//!   token lookup) and before the plugin (it never runs for a stranger);
+//! - errors of every step meet in `error_response` (one place) and then receive the same response
+//!   headers as successes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

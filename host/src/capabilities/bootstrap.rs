@@ -67,7 +67,16 @@ pub async fn ensure_first_superuser(
             tracing::info!(%email, "first superuser created");
             Ok(())
         }
-        Err(SqlError::UniqueViolation(_)) => Ok(()),
+        // Another instance created it first, or the username is taken by someone else.
+        Err(SqlError::UniqueViolation(index)) => {
+            if index.contains("username") {
+                tracing::warn!(
+                    username = %user.username,
+                    "FIRST_SUPERUSER_USERNAME is taken by another user; no superuser created"
+                );
+            }
+            Ok(())
+        }
         Err(e) => Err(anyhow::anyhow!("creating the first superuser: {e:?}")),
     }
 }
