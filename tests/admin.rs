@@ -6,8 +6,10 @@ use reqwest::Method;
 
 async fn start() -> (PluginsDir, TestHost, plinth_tests::api::Tokens) {
     let plugins = PluginsDir::with(&["auth", "users", "hello"]);
+    // Only the admin API reloads here: the directory watcher is off.
     let host = TestHost::builder()
         .backend(&Backend::sqlite())
+        .env("WATCH_PLUGINS", "false")
         .env("FIRST_SUPERUSER_EMAIL", "root@example.com")
         .env("FIRST_SUPERUSER_USERNAME", "root")
         .env("FIRST_SUPERUSER_PASSWORD", "root-password")

@@ -38,6 +38,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Directory of deployable plugins: one sub-directory per plugin with `plugin.toml`.
     pub plugins_dir: PathBuf,
+    /// Whether changes in `plugins_dir` are applied while running (`WATCH_PLUGINS`).
+    pub watch_plugins: bool,
     /// Largest request body accepted before the plugin runs (413 beyond it).
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
@@ -172,6 +174,7 @@ impl Config {
             app_env,
             log_format,
             plugins_dir,
+            watch_plugins: parse_or(&get, "WATCH_PLUGINS", true)?,
             max_body_bytes,
             shutdown_grace,
             sql,

@@ -47,7 +47,7 @@ use crate::request_id;
 /// What every request needs, shared by all connections.
 #[derive(Debug)]
 pub struct AppState {
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub capabilities: Arc<Capabilities>,
     pub rate_limiter: RateLimiter,
     pub cors: Option<CorsPolicy>,

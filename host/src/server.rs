@@ -27,6 +27,8 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown_grace: Duration,
+    /// Applies changes in `PLUGINS_DIR` while it lives.
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Application {
@@ -51,13 +53,19 @@ impl Application {
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
+        let registry = Arc::new(Registry::new(
+            table,
+            engine,
+            capabilities.clone(),
+            config.plugins_dir.clone(),
+        ));
+        let watcher = if config.watch_plugins {
+            Some(plugins::watcher::watch(registry.clone())?)
+        } else {
+            None
+        };
         let state = Arc::new(AppState {
-            registry: Registry::new(
-                table,
-                engine.clone(),
-                capabilities.clone(),
-                config.plugins_dir.clone(),
-            ),
+            registry,
             rate_limiter: RateLimiter::new(
                 capabilities.kv.clone(),
                 &config.key_prefix,
@@ -73,6 +81,7 @@ impl Application {
             listener,
             state,
             shutdown_grace: config.shutdown_grace,
+            _watcher: watcher,
         })
     }
 

@@ -9,6 +9,7 @@
 pub mod manifest;
 pub mod routes;
 pub mod runtime;
+pub mod watcher;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -312,6 +313,74 @@ impl Registry {
             .chain(std::iter::once(plugin.clone()))
             .collect();
         Ok((plugin, RouteTable::build(plugins)?))
+    }
+}
+
+impl Registry {
+    /// Brings the plugin in `PLUGINS_DIR/<dir_name>` in line with the disk: a new
+    /// directory adds a plugin, a changed one is rebuilt, a removed one retires its routes.
+    /// A refused build changes nothing that serves.
+    pub async fn sync_dir(&self, dir_name: &str) {
+        let _one_at_a_time = self.reloading.lock().await;
+        let dir = self.plugins_dir.join(dir_name);
+        let current = self.snapshot();
+        let existing = current.plugins().iter().find(|p| p.dir == dir).cloned();
+        if !dir.join("plugin.toml").is_file() {
+            if let Some(gone) = existing {
+                let rest = current
+                    .plugins()
+                    .iter()
+                    .filter(|p| !Arc::ptr_eq(p, &gone))
+                    .cloned()
+                    .collect();
+                match RouteTable::build(rest) {
+                    Ok(table) => {
+                        self.table.store(Arc::new(table));
+                        self.record(&gone.name, None);
+                        tracing::info!(plugin = %gone.name, "plugin removed");
+                    }
+                    Err(err) => tracing::error!(error = %format!("{err:#}"), "removing a plugin"),
+                }
+            }
+            return;
+        }
+        let name = existing
+            .as_ref()
+            .map_or(dir_name, |p| p.name.as_str())
+            .to_owned();
+        let prepared = async {
+            let plugin =
+                Arc::new(LoadedPlugin::load(&self.engine, &self.capabilities, &dir).await?);
+            let plugins = current
+                .plugins()
+                .iter()
+                .filter(|p| p.dir != dir && p.name != plugin.name)
+                .cloned()
+                .chain(std::iter::once(plugin.clone()))
+                .collect();
+            anyhow::Ok((plugin, RouteTable::build(plugins)?))
+        };
+        match prepared.await {
+            Ok((plugin, table)) => {
+                self.table.store(Arc::new(table));
+                self.record(&plugin.name, None);
+                tracing::info!(
+                    plugin = %plugin.name,
+                    version = %plugin.version,
+                    hash = %&plugin.content_hash[..12],
+                    "plugin loaded from a change on disk"
+                );
+            }
+            Err(err) => {
+                let reason = format!("{err:#}");
+                tracing::warn!(plugin = %name, %reason, "change refused; the current version keeps serving");
+                self.record(&name, Some(reason));
+            }
+        }
+    }
+
+    pub fn plugins_dir(&self) -> &Path {
+        &self.plugins_dir
     }
 }
 
