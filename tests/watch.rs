@@ -70,3 +70,52 @@ async fn a_changed_plugin_is_rebuilt_and_a_broken_change_is_refused() {
             .is_some_and(|m| m.contains("change refused"))
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swaps_under_load_fail_no_request() {
+    let plugins = PluginsDir::with(&["hello"]);
+    let host = std::sync::Arc::new(TestHost::start(&plugins));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (host, stop) = (host.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = host.get("/hello/x").await;
+                    if response.status() == 200 {
+                        ok += 1;
+                    } else {
+                        failed.push(response.status().as_u16());
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    // Ten swaps between two versions through the watcher, each visible before the next.
+    let manifest_path = plugins.path().join("hello/plugin.toml");
+    let v1 = std::fs::read_to_string(&manifest_path).expect("manifest");
+    let v2 = v1.replace("timeout_ms = 1000", "timeout_ms = 1500");
+    assert_ne!(v1, v2);
+    for round in 0..10 {
+        let text = if round % 2 == 0 { &v2 } else { &v1 };
+        std::fs::write(&manifest_path, text).expect("write");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for handle in loops {
+        let (ok, failed) = handle.await.expect("join");
+        assert!(failed.is_empty(), "non-2xx during swaps: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 100, "only {total} requests were made");
+    let reloads = host
+        .json_logs()
+        .iter()
+        .filter(|l| l["message"] == "plugin loaded from a change on disk")
+        .count();
+    assert!(reloads >= 5, "only {reloads} swaps happened");
+}
