@@ -56,6 +56,14 @@ async fn only_superusers_see_the_plugin_list() {
     );
     assert_eq!(hello["routes"][0]["path"], "/hello/{name}");
     assert_eq!(hello["routes"][0]["method"], "GET");
+
+    // Counters since loading.
+    for _ in 0..3 {
+        assert_eq!(host.get("/hello/x").await.status(), 200);
+    }
+    let list = host.get_as("/admin/plugins", &root.access).await;
+    assert_eq!(list.body[1]["counters"]["requests"], 3);
+    assert_eq!(list.body[1]["counters"]["traps"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The admin API (API.md "Platform endpoints"), for superusers:
 //! - `GET /admin/plugins` — every plugin: name, version, content hash, routes, loaded_at,
-//!   state, last error;
+//!   state, last error, and counters since it was loaded (requests, traps, timeouts,
+//!   invalid responses, rejections);
 //! - `POST /admin/plugins/{name}/reload` — rebuild one plugin from its directory and swap
 //!   it in; 404 for an unknown plugin, 422 with the reason when the new build is refused
 //!   (the old version keeps serving).
@@ -78,6 +79,7 @@ fn describe(plugin: &LoadedPlugin, last_error: Option<String>) -> Value {
         "loaded_at": loaded_at,
         "state": "active",
         "last_error": last_error,
+        "counters": plugin.component.counters.snapshot(),
     })
 }
 

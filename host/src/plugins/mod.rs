@@ -3,7 +3,7 @@
 //!
 //! Loading a plugin is: read `plugin.toml` → read the component and hash it → compile →
 //! check its imports against its grants → link only the granted capabilities →
-//! `instantiate_pre`. All of it happens off the request path; the request path only ever
+//! `instantiate_pre` → instantiate once (smoke test). All of it happens off the request path; the request path only ever
 //! instantiates a ready [`runtime::ReadyComponent`].
 
 pub mod manifest;
@@ -92,7 +92,7 @@ impl LoadedPlugin {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{}: cannot be linked", component_path.display()))?;
 
-        Ok(Self {
+        let plugin = Self {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
             content_hash,
@@ -100,6 +100,7 @@ impl LoadedPlugin {
             dir: dir.to_path_buf(),
             loaded_at: SystemTime::now(),
             component: ReadyComponent {
+                counters: runtime::PluginCounters::default(),
                 engine: engine.engine().clone(),
                 slots: engine.slots(),
                 pre,
@@ -110,7 +111,13 @@ impl LoadedPlugin {
                 timeout: manifest.limits.timeout(),
             },
             manifest,
-        })
+        };
+        plugin
+            .component
+            .smoke_test()
+            .await
+            .with_context(|| format!("{}: smoke test", plugin.manifest_path.display()))?;
+        Ok(plugin)
     }
 }
 

@@ -7,6 +7,7 @@
 //! guest yields to tokio at every tick, so a busy plugin never holds a worker thread.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -138,8 +139,42 @@ pub enum PluginFailure {
     Exhausted(String),
 }
 
+/// What happened to a plugin's requests since it was loaded (shown by the admin API).
+#[derive(Debug, Default)]
+pub struct PluginCounters {
+    pub requests: AtomicU64,
+    pub traps: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub invalid_responses: AtomicU64,
+    /// Requests refused for want of an instance slot.
+    pub rejections: AtomicU64,
+}
+
+impl PluginCounters {
+    fn count(&self, failure: &PluginFailure) {
+        let counter = match failure {
+            PluginFailure::Timeout(_) => &self.timeouts,
+            PluginFailure::Trap(_) => &self.traps,
+            PluginFailure::InvalidResponse(_) => &self.invalid_responses,
+            PluginFailure::Exhausted(_) => &self.rejections,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "requests": self.requests.load(Ordering::Relaxed),
+            "traps": self.traps.load(Ordering::Relaxed),
+            "timeouts": self.timeouts.load(Ordering::Relaxed),
+            "invalid_responses": self.invalid_responses.load(Ordering::Relaxed),
+            "rejections": self.rejections.load(Ordering::Relaxed),
+        })
+    }
+}
+
 /// A compiled, linked plugin ready to be instantiated per request.
 pub struct ReadyComponent {
+    pub counters: PluginCounters,
     pub(crate) engine: Engine,
     pub(crate) slots: Arc<tokio::sync::Semaphore>,
     pub(crate) pre: PluginPre<InstanceState>,
@@ -163,6 +198,26 @@ impl std::fmt::Debug for ReadyComponent {
 impl ReadyComponent {
     /// Runs `request` in a fresh instance: nothing survives from one request to the next.
     pub async fn call(&self, request: &Request) -> Result<Response, PluginFailure> {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let result = self.run(request).await;
+        if let Err(failure) = &result {
+            self.counters.count(failure);
+        }
+        result
+    }
+
+    /// Instantiates once without handling a request: a version that cannot even start
+    /// (e.g. its initial memory exceeds its limit) is refused before it is swapped in.
+    pub async fn smoke_test(&self) -> anyhow::Result<()> {
+        let mut store = self.new_store();
+        self.pre
+            .instantiate_async(&mut store)
+            .await
+            .map(drop)
+            .map_err(|err| anyhow::anyhow!("instantiating the component failed: {err:#}"))
+    }
+
+    async fn run(&self, request: &Request) -> Result<Response, PluginFailure> {
         let _slot = tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
             .await
             .map_err(|_| PluginFailure::Exhausted("no instance slot freed in time".into()))?
