@@ -27,7 +27,8 @@ async fn plugin_directories_come_and_go_at_runtime() {
     })
     .await;
     let added_after = added_at.elapsed();
-    assert!(added_after < Duration::from_secs(2), "took {added_after:?}");
+    // Debounce plus one compilation; generous for a loaded CI machine.
+    assert!(added_after < Duration::from_secs(5), "took {added_after:?}");
 
     std::fs::remove_dir_all(&trap_dir).expect("removing trap");
     eventually("removing trap", async || {

@@ -41,6 +41,8 @@ pub struct LoadedPlugin {
     /// The plugin's directory, where a reload reads it again.
     pub dir: PathBuf,
     pub loaded_at: SystemTime,
+    /// The compiled component, kept so an unchanged component is not compiled again.
+    compiled: Component,
     pub component: ReadyComponent,
 }
 
@@ -54,11 +56,14 @@ impl LoadedPlugin {
         )
     }
 
-    /// Reads, compiles and links the plugin in `dir`.
+    /// Reads, compiles and links the plugin in `dir`. When `previous` (the version now
+    /// serving) has the same component bytes, its compiled code is reused: a change to
+    /// the manifest alone costs no compilation.
     pub async fn load(
         engine: &PluginEngine,
         capabilities: &Arc<Capabilities>,
         dir: &Path,
+        previous: Option<&LoadedPlugin>,
     ) -> anyhow::Result<Self> {
         let LocatedManifest {
             manifest,
@@ -70,15 +75,19 @@ impl LoadedPlugin {
             .with_context(|| format!("{}: cannot read component", component_path.display()))?;
         let content_hash = hex(&Sha256::digest(&bytes));
 
-        // Compiling is CPU-bound (milliseconds to seconds): keep it off the async workers.
-        let engine_for_compile = engine.engine().clone();
-        let component =
-            tokio::task::spawn_blocking(move || Component::new(&engine_for_compile, &bytes))
-                .await?
-                .map_err(anyhow::Error::from)
-                .with_context(|| {
-                    format!("{}: not a loadable component", component_path.display())
-                })?;
+        let component = match previous.filter(|p| p.content_hash == content_hash) {
+            Some(previous) => previous.compiled.clone(),
+            None => {
+                // Compiling is CPU-bound (milliseconds to seconds): off the async workers.
+                let engine_for_compile = engine.engine().clone();
+                tokio::task::spawn_blocking(move || Component::new(&engine_for_compile, &bytes))
+                    .await?
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| {
+                        format!("{}: not a loadable component", component_path.display())
+                    })?
+            }
+        };
 
         check_imports(engine, &component, &manifest)
             .with_context(|| format!("{}: imports beyond its grants", manifest_path.display()))?;
@@ -99,6 +108,7 @@ impl LoadedPlugin {
             manifest_path,
             dir: dir.to_path_buf(),
             loaded_at: SystemTime::now(),
+            compiled: component,
             component: ReadyComponent {
                 counters: runtime::PluginCounters::default(),
                 engine: engine.engine().clone(),
@@ -174,7 +184,7 @@ pub async fn load_all(
             tracing::warn!(dir = %path.display(), "skipping a directory without plugin.toml");
             continue;
         }
-        let plugin = LoadedPlugin::load(engine, capabilities, &path).await?;
+        let plugin = LoadedPlugin::load(engine, capabilities, &path, None).await?;
         if let Some(same) = plugins
             .iter()
             .find(|p: &&Arc<LoadedPlugin>| p.name == plugin.name)
@@ -304,7 +314,16 @@ impl Registry {
         name: &str,
         dir: &Path,
     ) -> anyhow::Result<(Arc<LoadedPlugin>, RouteTable)> {
-        let plugin = Arc::new(LoadedPlugin::load(&self.engine, &self.capabilities, dir).await?);
+        let previous = current.plugins().iter().find(|p| p.name == name);
+        let plugin = Arc::new(
+            LoadedPlugin::load(
+                &self.engine,
+                &self.capabilities,
+                dir,
+                previous.map(|p| &**p),
+            )
+            .await?,
+        );
         if plugin.name != name {
             bail!(
                 "{} names the plugin `{}`, not `{name}`",
@@ -356,8 +375,10 @@ impl Registry {
             .map_or(dir_name, |p| p.name.as_str())
             .to_owned();
         let prepared = async {
-            let plugin =
-                Arc::new(LoadedPlugin::load(&self.engine, &self.capabilities, &dir).await?);
+            let plugin = Arc::new(
+                LoadedPlugin::load(&self.engine, &self.capabilities, &dir, existing.as_deref())
+                    .await?,
+            );
             let plugins = current
                 .plugins()
                 .iter()
