@@ -382,6 +382,7 @@ async fn forged_and_expired_tokens_are_refused(backend: Backend) {
     let (_plugins, host) = TestHost::start_api(&backend);
     let (user, tokens) = host.user("ida").await;
     let (_, good) = claims_of(&tokens.access);
+    assert_eq!(good["sub"], user["id"].to_string());
     host.get_as("/api/v1/users/me", &sign(&good, TEST_JWT_SECRET))
         .await
         .expect(200, None);
@@ -430,5 +431,4 @@ async fn forged_and_expired_tokens_are_refused(backend: Backend) {
         .await
         .expect("GET");
     assert_eq!(basic.status(), 401);
-    let _ = user;
 }
