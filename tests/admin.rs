@@ -10,11 +10,9 @@ async fn start() -> (PluginsDir, TestHost, plinth_tests::api::Tokens) {
     let host = TestHost::builder()
         .backend(&Backend::sqlite())
         .env("WATCH_PLUGINS", "false")
-        .env("FIRST_SUPERUSER_EMAIL", "root@example.com")
-        .env("FIRST_SUPERUSER_USERNAME", "root")
-        .env("FIRST_SUPERUSER_PASSWORD", "root-password")
+        .with_root()
         .start(&plugins);
-    let root = host.tokens("root@example.com", "root-password").await;
+    let root = host.root_tokens().await;
     (plugins, host, root)
 }
 

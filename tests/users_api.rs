@@ -36,12 +36,10 @@ async fn first_superuser_is_created_once(backend: Backend) {
     // A second start with the same variables finds the user and creates nothing.
     let again = TestHost::builder()
         .backend(&backend)
-        .env("FIRST_SUPERUSER_EMAIL", "root@example.com")
-        .env("FIRST_SUPERUSER_USERNAME", "root")
-        .env("FIRST_SUPERUSER_PASSWORD", "root-password")
+        .with_root()
         .start(&plugins);
     if let Backend::Postgres { .. } = backend {
-        let root = again.tokens("root@example.com", "root-password").await;
+        let root = again.root_tokens().await;
         let list = again.get_as("/api/v1/users/", &root.access).await;
         list.expect(200, None);
         assert_eq!(list.body["total"], 1);

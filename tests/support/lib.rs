@@ -140,6 +140,13 @@ impl HostBuilder {
         self
     }
 
+    /// Creates the first superuser `root@example.com` / `root` (password `root-password`).
+    pub fn with_root(self) -> Self {
+        self.env("FIRST_SUPERUSER_EMAIL", "root@example.com")
+            .env("FIRST_SUPERUSER_USERNAME", "root")
+            .env("FIRST_SUPERUSER_PASSWORD", "root-password")
+    }
+
     /// Configures the database and key-value store of `backend`.
     pub fn backend(mut self, backend: &Backend) -> Self {
         self.env.extend(backend.env());
@@ -279,14 +286,14 @@ impl TestHost {
     /// (password `root-password`), logged in.
     pub async fn start_api_with_root(backend: &Backend) -> (PluginsDir, Self, api::Tokens) {
         let plugins = PluginsDir::with(&["auth", "users"]);
-        let host = Self::builder()
-            .backend(backend)
-            .env("FIRST_SUPERUSER_EMAIL", "root@example.com")
-            .env("FIRST_SUPERUSER_USERNAME", "root")
-            .env("FIRST_SUPERUSER_PASSWORD", "root-password")
-            .start(&plugins);
-        let root = host.tokens("root@example.com", "root-password").await;
+        let host = Self::builder().backend(backend).with_root().start(&plugins);
+        let root = host.root_tokens().await;
         (plugins, host, root)
+    }
+
+    /// Logs in as the superuser that [`HostBuilder::with_root`] creates.
+    pub async fn root_tokens(&self) -> api::Tokens {
+        self.tokens("root@example.com", "root-password").await
     }
 
     /// A host serving the `auth` and `users` plugins on `backend`.

@@ -277,7 +277,8 @@ impl Registry {
     pub async fn reload(&self, name: &str) -> Result<Arc<LoadedPlugin>, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let current = self.snapshot();
-        let dir = match current.plugins().iter().find(|p| p.name == name) {
+        let existing = current.plugins().iter().find(|p| p.name == name);
+        let dir = match existing {
             Some(plugin) => plugin.dir.clone(),
             None if is_plain_name(name)
                 && self.plugins_dir.join(name).join("plugin.toml").is_file() =>
@@ -286,63 +287,11 @@ impl Registry {
             }
             None => return Err(ReloadError::Unknown(name.to_owned())),
         };
-        let result = self.prepare(&current, name, &dir).await;
-        match result {
-            Ok((plugin, table)) => {
-                self.table.store(Arc::new(table));
-                self.record(name, None);
-                tracing::info!(
-                    plugin = %plugin.name,
-                    version = %plugin.version,
-                    hash = %&plugin.content_hash[..12],
-                    "plugin reloaded"
-                );
-                Ok(plugin)
-            }
-            Err(reason) => {
-                let reason = format!("{reason:#}");
-                tracing::warn!(plugin = %name, %reason, "reload refused; the current version keeps serving");
-                self.record(name, Some(reason.clone()));
-                Err(ReloadError::Rejected(reason))
-            }
-        }
+        self.install(&current, &dir, existing, name)
+            .await
+            .map_err(ReloadError::Rejected)
     }
 
-    async fn prepare(
-        &self,
-        current: &RouteTable,
-        name: &str,
-        dir: &Path,
-    ) -> anyhow::Result<(Arc<LoadedPlugin>, RouteTable)> {
-        let previous = current.plugins().iter().find(|p| p.name == name);
-        let plugin = Arc::new(
-            LoadedPlugin::load(
-                &self.engine,
-                &self.capabilities,
-                dir,
-                previous.map(|p| &**p),
-            )
-            .await?,
-        );
-        if plugin.name != name {
-            bail!(
-                "{} names the plugin `{}`, not `{name}`",
-                plugin.manifest_path.display(),
-                plugin.name
-            );
-        }
-        let plugins = current
-            .plugins()
-            .iter()
-            .filter(|p| p.name != name)
-            .cloned()
-            .chain(std::iter::once(plugin.clone()))
-            .collect();
-        Ok((plugin, RouteTable::build(plugins)?))
-    }
-}
-
-impl Registry {
     /// Brings the plugin in `PLUGINS_DIR/<dir_name>` in line with the disk: a new
     /// directory adds a plugin, a changed one is rebuilt, a removed one retires its routes.
     /// A refused build changes nothing that serves.
@@ -350,35 +299,58 @@ impl Registry {
         let _one_at_a_time = self.reloading.lock().await;
         let dir = self.plugins_dir.join(dir_name);
         let current = self.snapshot();
-        let existing = current.plugins().iter().find(|p| p.dir == dir).cloned();
-        if !dir.join("plugin.toml").is_file() {
-            if let Some(gone) = existing {
-                let rest = current
-                    .plugins()
-                    .iter()
-                    .filter(|p| !Arc::ptr_eq(p, &gone))
-                    .cloned()
-                    .collect();
-                match RouteTable::build(rest) {
-                    Ok(table) => {
-                        self.table.store(Arc::new(table));
-                        self.record(&gone.name, None);
-                        tracing::info!(plugin = %gone.name, "plugin removed");
-                    }
-                    Err(err) => tracing::error!(error = %format!("{err:#}"), "removing a plugin"),
-                }
-            }
+        let existing = current.plugins().iter().find(|p| p.dir == dir);
+        if dir.join("plugin.toml").is_file() {
+            let name = existing.map_or(dir_name, |p| p.name.as_str());
+            // A refusal is logged and recorded by `install`.
+            let _ = self.install(&current, &dir, existing, name).await;
             return;
         }
-        let name = existing
-            .as_ref()
-            .map_or(dir_name, |p| p.name.as_str())
-            .to_owned();
+        let Some(gone) = existing else { return };
+        let rest = current
+            .plugins()
+            .iter()
+            .filter(|p| !Arc::ptr_eq(p, gone))
+            .cloned()
+            .collect();
+        match RouteTable::build(rest) {
+            Ok(table) => {
+                self.table.store(Arc::new(table));
+                self.record(&gone.name, None);
+                tracing::info!(plugin = %gone.name, "plugin removed");
+            }
+            Err(err) => tracing::error!(error = %format!("{err:#}"), "removing a plugin"),
+        }
+    }
+
+    /// Prepares the plugin in `dir` completely (load, name check, route table with every
+    /// other plugin) and only then swaps the table. `existing` is the version it replaces;
+    /// `name` is what the plugin is known as (for the name check and `last_error`).
+    /// Call with `reloading` held.
+    async fn install(
+        &self,
+        current: &RouteTable,
+        dir: &Path,
+        existing: Option<&Arc<LoadedPlugin>>,
+        name: &str,
+    ) -> Result<Arc<LoadedPlugin>, String> {
         let prepared = async {
             let plugin = Arc::new(
-                LoadedPlugin::load(&self.engine, &self.capabilities, &dir, existing.as_deref())
-                    .await?,
+                LoadedPlugin::load(
+                    &self.engine,
+                    &self.capabilities,
+                    dir,
+                    existing.map(|p| &**p),
+                )
+                .await?,
             );
+            if existing.is_some() && plugin.name != name {
+                bail!(
+                    "{} renames the plugin `{name}` to `{}`",
+                    plugin.manifest_path.display(),
+                    plugin.name
+                );
+            }
             let plugins = current
                 .plugins()
                 .iter()
@@ -396,13 +368,15 @@ impl Registry {
                     plugin = %plugin.name,
                     version = %plugin.version,
                     hash = %&plugin.content_hash[..12],
-                    "plugin loaded from a change on disk"
+                    "plugin version swapped in"
                 );
+                Ok(plugin)
             }
             Err(err) => {
                 let reason = format!("{err:#}");
                 tracing::warn!(plugin = %name, %reason, "change refused; the current version keeps serving");
-                self.record(&name, Some(reason));
+                self.record(name, Some(reason.clone()));
+                Err(reason)
             }
         }
     }
