@@ -15,6 +15,7 @@ RUN apt-get update \
 COPY --from=build /src/target/release/plinth /usr/local/bin/plinth
 COPY --from=build /src/target/plugins /srv/plinth/plugins
 ENV PLUGINS_DIR=/srv/plinth/plugins \
+    PLUGIN_CACHE_DIR=/var/lib/plinth/plugin-cache \
     BIND_ADDR=0.0.0.0:8080 \
     LOG_FORMAT=json
 WORKDIR /var/lib/plinth

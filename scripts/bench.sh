@@ -11,6 +11,11 @@
 # and while a login flood runs. PostgreSQL and Redis are the local services (a scratch
 # database is created and dropped). Client and servers share the machine,
 # as they do on a 2-core box; compare ratios rather than absolute figures across machines.
+#
+# Then the sandbox and reload figures: p99 of GET /hello/x while hostile plugins (endless
+# loop, memory bomb, trap, huge body) are called next to it, against its quiet p99; reload
+# latency (file change to the first request served by the new version, and the admin
+# call); start-up to serving all plugins with a cold and a warm compilation cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -136,3 +141,85 @@ echo "plugin path / host-only:     $(ratio "$(rps_of 2)" "$(rps_of 1)")   (targe
 p99_of() { IFS='|' read -r _ _ _ p99 _ <<<"${results[$1]}"; echo "$p99"; }
 echo "middleware on / off (host-only):  $(ratio "$(rps_of 8)" "$(rps_of 7)")   (target: >= 85%, i.e. overhead <= 15%)"
 echo "users/me p99 under login flood / quiet: $(awk -v a="$(p99_of 6)" -v b="$(p99_of 4)" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }')   (target: <= 5x; flood served ${flood_rps:-?} logins/s)"
+
+# --- Sandbox: a plugin's neighbours are hostile -------------------------------------------
+hostile_plugins="$work/hostile-plugins"
+mkdir -p "$hostile_plugins"
+cp -r target/plugins/hello target/test-plugins/{spin,membomb,trap,bigbody} "$hostile_plugins/"
+start plinth-hostile env "${common_env[@]}" DATABASE_URL="sqlite://$work/hostile.db" \
+  PLUGINS_DIR="$hostile_plugins" RUST_LOG=warn target/release/plinth
+hostile_addr=$started_addr
+measure "GET /hello/x, quiet" "http://$hostile_addr/hello/x"
+hostile_pids=()
+for path in spin membomb trap bigbody/64; do
+  wrk -t1 -c4 -d"$((seconds + 3))s" "http://$hostile_addr/$path" >"$work/hostile-${path%%/*}.out" 2>&1 &
+  hostile_pids+=($!)
+done
+sleep 1
+measure "GET /hello/x, next to hostile plugins" "http://$hostile_addr/hello/x"
+wait "${hostile_pids[@]}" || true
+hostile_rps=$(cat "$work"/hostile-*.out | awk '/^Requests\/sec:/ {s += $2} END {printf "%.0f", s}')
+echo
+echo "Sandbox (wrk -c$connections on /hello/x; 4 connections each on /spin, /membomb, /trap, /bigbody/64)"
+for i in 9 10; do
+  IFS='|' read -r label rps p50 p99 errors <<<"${results[$i]}"
+  printf '%-42s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
+done
+echo "/hello/x p99 next to hostile plugins / quiet: $(awk -v a="$(p99_of 10)" -v b="$(p99_of 9)" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }')   (target: <= 3x; hostile requests answered: ${hostile_rps:-?}/s)"
+
+# --- Reload latency --------------------------------------------------------------------
+reload_plugins="$work/reload-plugins"
+mkdir -p "$reload_plugins"
+cp -r target/plugins/{auth,users} "$reload_plugins/"
+cp -r target/test-plugins/versioned "$reload_plugins/"
+start plinth-reload env "${common_env[@]}" DATABASE_URL="sqlite://$work/reload.db" \
+  PLUGINS_DIR="$reload_plugins" PLUGIN_CACHE_DIR="$work/reload-cache" RUST_LOG=warn target/release/plinth
+reload_addr=$started_addr
+reload_token=$(token_for "$reload_addr")
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+install_version() { # <built dir>: the files of a version, each renamed into place
+  for f in versioned.wasm plugin.toml; do
+    cp "$1/$f" "$reload_plugins/versioned/.$f.new"
+    mv "$reload_plugins/versioned/.$f.new" "$reload_plugins/versioned/$f"
+  done
+}
+watch_ms=() admin_ms=()
+for round in $(seq 1 10); do
+  if (( round % 2 )); then want=v2 dir=target/test-plugins/versioned-v2; else want=v1 dir=target/test-plugins/versioned; fi
+  t0=$(now_ms)
+  install_version "$dir"
+  until curl -sf "http://$reload_addr/versioned" | grep -q "\"$want\""; do sleep 0.005; done
+  watch_ms+=($(( $(now_ms) - t0 )))
+  sleep 0.5   # let the watcher settle before the admin call
+  t0=$(now_ms)
+  curl -sf -X POST -H "Authorization: Bearer $reload_token" "http://$reload_addr/admin/plugins/versioned/reload" >/dev/null
+  admin_ms+=($(( $(now_ms) - t0 )))
+done
+stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { printf "median %d ms, max %d ms", v[int((NR + 1) / 2)], v[NR] }'; }
+echo
+echo "Reload (10 swaps v1<->v2 of a watched plugin; the watcher debounces 250 ms)"
+echo "file change -> first request served by the new version: $(stats "${watch_ms[@]}")"
+echo "admin reload call (prepare + swap, answered after it):  $(stats "${admin_ms[@]}")"
+
+# --- Start-up, cold and warm compilation cache -----------------------------------------
+startup() { # <cache dir>: ms from spawn to the first 200 from every deployed plugin
+  local t0 log="$work/startup-$RANDOM.log"
+  t0=$(now_ms)
+  env "${common_env[@]}" DATABASE_URL="sqlite://$work/startup.db" PLUGIN_CACHE_DIR="$1" \
+    target/release/plinth >"$log" 2>&1 &
+  local pid=$! addr=
+  until addr=$(grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$log" | head -1 | sed -E 's|listening on (http://)?||') && [ -n "$addr" ]; do
+    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
+    sleep 0.005
+  done
+  until curl -sf "http://$addr/hello/x" >/dev/null && curl -s -o /dev/null -w '%{http_code}' "http://$addr/api/v1/users/me" | grep -q 401; do sleep 0.005; done
+  echo "$(( $(now_ms) - t0 )) $(grep -oE '"compiled":[0-9]+' "$log" | head -1)"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+rm -rf "$work/startup-cache"
+cold=$(startup "$work/startup-cache")
+warm=$(startup "$work/startup-cache")
+echo
+echo "Start-up to serving hello, auth and users (SQLite)"
+echo "cold cache: ${cold% *} ms (${cold#* })"
+echo "warm cache: ${warm% *} ms (${warm#* })   (target: < 1000 ms)"

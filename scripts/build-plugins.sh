@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 deployed=(hello auth users)
-testing=(trap spin membomb badstatus)
+testing=(trap spin membomb badstatus versioned bigbody kvprobe)
 
 packages=()
 for p in "${deployed[@]}" "${testing[@]}"; do packages+=(-p "plinth-plugin-$p"); done
@@ -27,4 +27,13 @@ lay_out() { # <source dir with plugin.toml> <name> <destination root>
 }
 for p in "${deployed[@]}"; do lay_out "plugins/$p" "$p" target/plugins; done
 for p in "${testing[@]}"; do lay_out "plugins/testing/$p" "$p" target/test-plugins; done
+
+# The reload tests swap `versioned` between two builds: v2 is the same crate with its
+# `v2` feature, laid out as target/test-plugins/versioned-v2 (manifest version 2.0.0).
+cargo build --release --locked --target wasm32-wasip2 -p plinth-plugin-versioned --features v2
+mkdir -p target/test-plugins/versioned-v2
+sed 's/^version = .*/version = "2.0.0"/' plugins/testing/versioned/plugin.toml \
+  > target/test-plugins/versioned-v2/plugin.toml
+cp target/wasm32-wasip2/release/plinth_plugin_versioned.wasm target/test-plugins/versioned-v2/versioned.wasm.tmp
+mv target/test-plugins/versioned-v2/versioned.wasm.tmp target/test-plugins/versioned-v2/versioned.wasm
 echo "plugins ready in target/plugins (test plugins in target/test-plugins)"

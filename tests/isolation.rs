@@ -1,9 +1,12 @@
-//! A plugin can fail only its own request: traps, endless loops, memory bombs and invalid
-//! responses are answered 500/504 and the very next requests are served normally.
+//! A plugin can fail only its own request: traps, endless loops, memory bombs, huge and
+//! invalid responses are answered 500/504 and the very next requests are served normally;
+//! a plugin past its concurrency limit gets fast 503s; one plugin cannot read another's
+//! key-value entries; what a guest prints is logged, tagged with plugin and request id.
 
 use std::time::{Duration, Instant};
 
-use plinth_tests::{PluginsDir, TestHost, json_body};
+use plinth_tests::{Backend, PluginsDir, TestHost, json_body, on_both_backends};
+use reqwest::Method;
 
 fn hostile_host() -> (PluginsDir, TestHost) {
     let plugins = PluginsDir::with(&["hello", "trap", "spin", "membomb", "badstatus"]);
@@ -113,3 +116,156 @@ async fn an_invalid_status_is_500() {
     assert_eq!(json_body(response).await["code"], "PLUGIN_FAILED");
     assert_healthy(&host).await;
 }
+
+#[tokio::test]
+async fn a_huge_response_body_is_500_and_a_fitting_one_is_served() {
+    let plugins = PluginsDir::with(&["hello", "bigbody"]);
+    let host = TestHost::start(&plugins);
+    // bigbody's manifest allows 4 MiB responses (and 128 MiB of memory to build them in).
+    for _ in 0..3 {
+        let response = host.get("/bigbody/64").await;
+        assert_eq!(response.status(), 500);
+        assert_eq!(json_body(response).await["code"], "PLUGIN_FAILED");
+        assert_healthy(&host).await;
+    }
+    let response = host.get("/bigbody/3").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.expect("body").len(), 3 * 1024 * 1024);
+    host.wait_for_log(|l| {
+        l["level"] == "ERROR"
+            && l["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("max_response_mb"))
+    });
+}
+
+#[tokio::test]
+async fn guest_output_is_logged_with_plugin_and_request_id() {
+    let plugins = PluginsDir::with(&["bigbody"]);
+    let host = TestHost::start(&plugins);
+    let response = host.get("/bigbody/1").await;
+    assert_eq!(response.status(), 200);
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id")
+        .to_owned();
+    for (stream, text) in [
+        ("stdout", "bigbody: answering 1 MiB"),
+        ("stderr", "bigbody: stderr works too"),
+    ] {
+        let line = host.wait_for_log(|l| l["message"] == text);
+        assert_eq!(line["target"], "plinth::guest", "{line}");
+        assert_eq!(line["plugin"], "bigbody", "{line}");
+        assert_eq!(line["stream"], stream, "{line}");
+        assert_eq!(line["request_id"], request_id.as_str(), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_concurrency_limit_a_plugin_gets_fast_503s() {
+    let plugins = PluginsDir::with(&["auth", "users", "hello"]);
+    plugins.deploy_as("spin", "spin", |m| {
+        m.replace(
+            "timeout_ms = 300",
+            "timeout_ms = 5000\nmax_concurrency = 1\nmax_queued = 1\nqueue_timeout_ms = 400",
+        )
+    });
+    let host = std::sync::Arc::new(TestHost::builder().with_root().start(&plugins));
+    let root = host.root_tokens().await;
+    let spawn_get = |path: &'static str| {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = host.get(path).await;
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let code = json_body(response).await["code"].clone();
+            (status, code, retry_after, started.elapsed())
+        })
+    };
+
+    // One request occupies the only turn; the next waits in the one-place queue.
+    let running = spawn_get("/spin/sleep/1500");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = spawn_get("/spin/sleep/1");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The queue is full: refused at once, not after the queue timeout.
+    let (status, code, retry_after, took) = spawn_get("/spin/sleep/1").await.expect("join");
+    assert_eq!((status, code.as_str()), (503, Some("UNAVAILABLE")));
+    assert_eq!(retry_after.as_ref().map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert!(
+        took < Duration::from_millis(300),
+        "a full queue took {took:?}"
+    );
+    // Other plugins are not held up.
+    assert_healthy(&host).await;
+    // The queued request gave up after its queue timeout, long before the first finished.
+    let (status, _, _, took) = queued.await.expect("join");
+    assert_eq!(status, 503);
+    assert!(
+        took >= Duration::from_millis(400),
+        "left the queue after {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1200),
+        "left the queue after {took:?}"
+    );
+    let (status, ..) = running.await.expect("join");
+    assert_eq!(status, 200);
+
+    // A request queued behind a short one gets its turn.
+    let short = spawn_get("/spin/sleep/150");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (status, ..) = spawn_get("/spin/sleep/1").await.expect("join");
+    assert_eq!(status, 200);
+    assert_eq!(short.await.expect("join").0, 200);
+
+    let list = host.get_as("/admin/plugins", &root.access).await;
+    let spin = list
+        .body
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == "spin"))
+        .expect("spin listed")
+        .clone();
+    assert_eq!(spin["counters"]["rejections"], 2, "{spin}");
+    assert_eq!(spin["counters"]["requests"], 5, "{spin}");
+    assert_eq!(spin["limits"]["max_concurrency"], 1, "{spin}");
+}
+
+async fn a_plugin_cannot_read_another_plugins_keys(backend: Backend) {
+    let plugins = PluginsDir::with(&["kvprobe"]);
+    plugins.deploy_as("kvprobe", "kvspy", |m| {
+        m.replace("name = \"kvprobe\"", "name = \"kvspy\"")
+            .replace("/kvprobe/", "/kvspy/")
+    });
+    let host = TestHost::builder().backend(&backend).start(&plugins);
+    let put = |path: &str, body: &'static str| {
+        host.client
+            .request(Method::PUT, host.url(path))
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        put("/kvprobe/secret", "kvprobe's")
+            .await
+            .expect("put")
+            .status(),
+        204
+    );
+    // The same key name, asked for by another plugin, is not there...
+    assert_eq!(host.get("/kvspy/secret").await.status(), 404);
+    // ...nor is it overwritten by that plugin's own entry of the same name.
+    assert_eq!(
+        put("/kvspy/secret", "kvspy's").await.expect("put").status(),
+        204
+    );
+    let own = host.get("/kvprobe/secret").await;
+    assert_eq!(own.status(), 200);
+    assert_eq!(own.text().await.expect("body"), "kvprobe's");
+    let spy = host.get("/kvspy/secret").await;
+    assert_eq!(spy.text().await.expect("body"), "kvspy's");
+}
+
+on_both_backends!(a_plugin_cannot_read_another_plugins_keys);

@@ -79,6 +79,8 @@ fn describe(plugin: &LoadedPlugin, last_error: Option<String>) -> Value {
         "loaded_at": loaded_at,
         "state": "active",
         "last_error": last_error,
+        "capabilities": plugin.manifest.capabilities,
+        "limits": plugin.manifest.limits,
         "counters": plugin.component.counters.snapshot(),
     })
 }

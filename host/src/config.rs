@@ -40,6 +40,8 @@ pub struct Config {
     pub plugins_dir: PathBuf,
     /// Whether changes in `plugins_dir` are applied while running (`WATCH_PLUGINS`).
     pub watch_plugins: bool,
+    /// Where compiled plugins are kept across restarts (`PLUGIN_CACHE_DIR`); `None`: off.
+    pub plugin_cache_dir: Option<PathBuf>,
     /// Largest request body accepted before the plugin runs (413 beyond it).
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
@@ -88,6 +90,13 @@ impl Config {
         let plugins_dir = get("PLUGINS_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(default_plugins_dir);
+        let plugin_cache_dir = match get("PLUGIN_CACHE_DIR").as_deref() {
+            Some("off") => None,
+            dir => Some(
+                std::path::absolute(dir.unwrap_or("data/plugin-cache"))
+                    .context("PLUGIN_CACHE_DIR cannot be made absolute")?,
+            ),
+        };
         let max_body_bytes = parse_or(&get, "MAX_BODY_BYTES", 1024 * 1024)?;
         let shutdown_grace = Duration::from_secs(parse_or(&get, "SHUTDOWN_GRACE_SECONDS", 30)?);
 
@@ -175,6 +184,7 @@ impl Config {
             log_format,
             plugins_dir,
             watch_plugins: parse_or(&get, "WATCH_PLUGINS", true)?,
+            plugin_cache_dir,
             max_body_bytes,
             shutdown_grace,
             sql,

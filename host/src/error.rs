@@ -56,6 +56,9 @@ pub enum ApiError {
     PluginTimeout,
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The endpoint's plugin is at its concurrency limit and its queue is full or too slow.
+    #[error("endpoint overloaded: {0}")]
+    Overloaded(String),
 }
 
 impl ApiError {
@@ -72,7 +75,7 @@ impl ApiError {
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -89,7 +92,7 @@ impl ApiError {
             Self::RateLimited => "RATE_LIMITED",
             Self::PluginFailed(_) => "PLUGIN_FAILED",
             Self::PluginTimeout => "PLUGIN_TIMEOUT",
-            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Unavailable(_) | Self::Overloaded(_) => "UNAVAILABLE",
         }
     }
 
@@ -111,6 +114,7 @@ impl ApiError {
             Self::PluginFailed(_) => "The endpoint failed to produce a response".to_owned(),
             Self::PluginTimeout => "The endpoint did not answer in time".to_owned(),
             Self::Unavailable(_) => "A required backend is unavailable".to_owned(),
+            Self::Overloaded(_) => "The endpoint is at capacity; retry shortly".to_owned(),
         };
         Detail::Message(message)
     }
@@ -127,6 +131,12 @@ impl ApiError {
             && let Ok(value) = HeaderValue::from_str(&allow.join(", "))
         {
             response.headers_mut().insert(header::ALLOW, value);
+        }
+        if let Self::Overloaded(_) = &self {
+            // Queues drain in well under a second; a retry after one is likely served.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Self::NotAuthenticated = &self {
             response

@@ -118,7 +118,10 @@ pub async fn handle(
 
 /// The one place an [`ApiError`] becomes a response; server-side causes are logged here.
 fn error_response(err: ApiError) -> Response<Body> {
-    if err.status().is_server_error() {
+    if let ApiError::Overloaded(_) = err {
+        // Capacity, not a fault: the plugin's counters and this line show the pressure.
+        tracing::warn!(error = %err, "request refused");
+    } else if err.status().is_server_error() {
         tracing::error!(error = %err, "request failed");
     }
     err.into_response()
@@ -364,7 +367,7 @@ async fn discard(mut body: Incoming) {
 fn plugin_error(failure: PluginFailure) -> ApiError {
     match failure {
         PluginFailure::Timeout(_) => ApiError::PluginTimeout,
-        PluginFailure::Exhausted(cause) => ApiError::Unavailable(cause),
+        PluginFailure::Overloaded(cause) => ApiError::Overloaded(cause),
         other => ApiError::PluginFailed(other.to_string()),
     }
 }

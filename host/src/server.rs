@@ -43,11 +43,16 @@ impl Application {
         if let Some(user) = &config.first_superuser {
             capabilities::bootstrap::ensure_first_superuser(&capabilities, user).await?;
         }
-        let engine = PluginEngine::new()?;
+        let loading = std::time::Instant::now();
+        let engine = PluginEngine::new(config.plugin_cache_dir.as_deref())?;
         let table = plugins::load_all(&engine, &capabilities, &config.plugins_dir).await?;
+        let stats = engine.compile_stats();
         tracing::info!(
             dir = %config.plugins_dir.display(),
             plugins = table.plugins().len(),
+            elapsed_ms = loading.elapsed().as_millis() as u64,
+            from_cache = stats.map(|s| s.cache_hits),
+            compiled = stats.map(|s| s.compiled),
             "plugins ready"
         );
         let listener = TcpListener::bind(config.bind_addr)

@@ -171,6 +171,8 @@ impl HostBuilder {
                 format!("sqlite://{}/plinth.db", self.data_dir.path().display()),
             )
             .env("PLUGINS_DIR", plugins.path())
+            // Shared by every test host: each plugin is compiled once per run, not per host.
+            .env("PLUGIN_CACHE_DIR", target_dir().join("test-plugin-cache"))
             .current_dir(self.data_dir.path())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

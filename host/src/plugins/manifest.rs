@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 /// Paths the host serves itself; no plugin may claim them.
 const RESERVED_PREFIXES: [&str; 3] = ["/health", "/ready", "/admin"];
@@ -16,6 +17,8 @@ const RESERVED_PREFIXES: [&str; 3] = ["/health", "/ready", "/admin"];
 /// Upper bounds an operator can raise a plugin's limits to.
 const MAX_MEMORY_MB: u32 = 512;
 const MAX_TIMEOUT_MS: u64 = 60_000;
+const MAX_CONCURRENCY: u32 = 1_000;
+const MAX_QUEUED: u32 = 10_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,7 +73,7 @@ pub enum AuthPolicy {
 }
 
 /// Capability grants: each capability interface is linked for the plugin only if granted.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     #[serde(default)]
@@ -83,7 +86,7 @@ pub struct Grants {
     pub passwords: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenOperation {
     Issue,
@@ -91,13 +94,21 @@ pub enum TokenOperation {
     Revoke,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Linear memory one instance may grow to.
     pub memory_mb: u32,
     /// Wall-clock time one request may spend in the plugin.
     pub timeout_ms: u64,
+    /// Requests of this plugin running at once.
+    pub max_concurrency: u32,
+    /// Requests that may wait for a turn once `max_concurrency` run; more get 503 at once.
+    pub max_queued: u32,
+    /// How long a queued request waits for a turn before it gets 503.
+    pub queue_timeout_ms: u64,
+    /// Largest response body the plugin may return (a larger one is a plugin failure).
+    pub max_response_mb: u32,
 }
 
 impl Default for Limits {
@@ -105,6 +116,10 @@ impl Default for Limits {
         Self {
             memory_mb: 64,
             timeout_ms: 2_000,
+            max_concurrency: 64,
+            max_queued: 256,
+            queue_timeout_ms: 1_000,
+            max_response_mb: 8,
         }
     }
 }
@@ -117,12 +132,50 @@ impl Limits {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_millis(self.queue_timeout_ms)
+    }
+
+    pub fn max_response_bytes(&self) -> usize {
+        self.max_response_mb as usize * 1024 * 1024
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        ensure!(
+            (1..=MAX_MEMORY_MB).contains(&self.memory_mb),
+            "`limits.memory_mb` must be between 1 and {MAX_MEMORY_MB}"
+        );
+        ensure!(
+            (1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms),
+            "`limits.timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"
+        );
+        ensure!(
+            (1..=MAX_CONCURRENCY).contains(&self.max_concurrency),
+            "`limits.max_concurrency` must be between 1 and {MAX_CONCURRENCY}"
+        );
+        ensure!(
+            self.max_queued <= MAX_QUEUED,
+            "`limits.max_queued` must be at most {MAX_QUEUED}"
+        );
+        ensure!(
+            self.queue_timeout_ms <= MAX_TIMEOUT_MS,
+            "`limits.queue_timeout_ms` must be at most {MAX_TIMEOUT_MS}"
+        );
+        ensure!(
+            (1..=MAX_MEMORY_MB).contains(&self.max_response_mb),
+            "`limits.max_response_mb` must be between 1 and {MAX_MEMORY_MB}"
+        );
+        Ok(())
+    }
 }
 
 /// A manifest read from disk, with where it came from.
 #[derive(Debug, Clone)]
 pub struct LocatedManifest {
     pub manifest: Manifest,
+    /// SHA-256 of the file's bytes, hex.
+    pub manifest_hash: String,
     pub manifest_path: PathBuf,
     pub component_path: PathBuf,
 }
@@ -138,6 +191,7 @@ impl Manifest {
         let component_path = dir.join(&manifest.component);
         Ok(LocatedManifest {
             manifest,
+            manifest_hash: super::hex(&sha2::Sha256::digest(text.as_bytes())),
             manifest_path,
             component_path,
         })
@@ -170,14 +224,7 @@ impl Manifest {
                 && self.component.ends_with(".wasm"),
             "`component` must be a `.wasm` file name in the plugin's directory"
         );
-        ensure!(
-            (1..=MAX_MEMORY_MB).contains(&self.limits.memory_mb),
-            "`limits.memory_mb` must be between 1 and {MAX_MEMORY_MB}"
-        );
-        ensure!(
-            (1..=MAX_TIMEOUT_MS).contains(&self.limits.timeout_ms),
-            "`limits.timeout_ms` must be between 1 and {MAX_TIMEOUT_MS}"
-        );
+        self.limits.validate()?;
         let mut seen = BTreeSet::new();
         for route in &self.routes {
             route.validate()?;

@@ -6,6 +6,7 @@
 //! `instantiate_pre` → instantiate once (smoke test). All of it happens off the request path; the request path only ever
 //! instantiates a ready [`runtime::ReadyComponent`].
 
+pub mod guest_output;
 pub mod manifest;
 pub mod routes;
 pub mod runtime;
@@ -36,6 +37,9 @@ pub struct LoadedPlugin {
     pub version: String,
     /// SHA-256 of the component bytes, hex.
     pub content_hash: String,
+    /// SHA-256 of `plugin.toml` as read, hex: with `content_hash`, tells whether the
+    /// files on disk are still this version.
+    manifest_hash: String,
     pub manifest: Manifest,
     pub manifest_path: PathBuf,
     /// The plugin's directory, where a reload reads it again.
@@ -67,6 +71,7 @@ impl LoadedPlugin {
     ) -> anyhow::Result<Self> {
         let LocatedManifest {
             manifest,
+            manifest_hash,
             manifest_path,
             component_path,
         } = Manifest::load(dir)?;
@@ -105,12 +110,14 @@ impl LoadedPlugin {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
             content_hash,
+            manifest_hash,
             manifest_path,
             dir: dir.to_path_buf(),
             loaded_at: SystemTime::now(),
             compiled: component,
             component: ReadyComponent {
                 counters: runtime::PluginCounters::default(),
+                admission: runtime::Admission::new(&manifest.limits),
                 engine: engine.engine().clone(),
                 slots: engine.slots(),
                 pre,
@@ -119,6 +126,7 @@ impl LoadedPlugin {
                 capabilities: capabilities.clone(),
                 memory_bytes: manifest.limits.memory_bytes(),
                 timeout: manifest.limits.timeout(),
+                max_response_bytes: manifest.limits.max_response_bytes(),
             },
             manifest,
         };
@@ -128,6 +136,19 @@ impl LoadedPlugin {
             .await
             .with_context(|| format!("{}: smoke test", plugin.manifest_path.display()))?;
         Ok(plugin)
+    }
+}
+
+impl LoadedPlugin {
+    /// Whether `dir` still holds exactly this version's manifest and component (a touch,
+    /// or an event for a file the plugin does not use, changes nothing).
+    fn matches_disk(&self) -> bool {
+        let Ok(located) = Manifest::load(&self.dir) else {
+            return false;
+        };
+        located.manifest_hash == self.manifest_hash
+            && std::fs::read(&located.component_path)
+                .is_ok_and(|bytes| hex(&Sha256::digest(&bytes)) == self.content_hash)
     }
 }
 
@@ -301,6 +322,12 @@ impl Registry {
         let current = self.snapshot();
         let existing = current.plugins().iter().find(|p| p.dir == dir);
         if dir.join("plugin.toml").is_file() {
+            if let Some(serving) = existing.filter(|p| p.matches_disk()) {
+                // Back to the serving version's files: a refusal recorded since is moot.
+                self.record(&serving.name, None);
+                tracing::debug!(plugin = %serving.name, "files unchanged; nothing to reload");
+                return;
+            }
             let name = existing.map_or(dir_name, |p| p.name.as_str());
             // A refusal is logged and recorded by `install`.
             let _ = self.install(&current, &dir, existing, name).await;

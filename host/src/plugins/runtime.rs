@@ -2,25 +2,33 @@
 //!
 //! The engine is configured once: async support (capability calls are async), the pooling
 //! allocator (instantiation is a few microseconds and memory is reset, not re-mapped, per
-//! request) and epoch interruption driven by one ticker thread. Each request runs in a new
-//! [`Store`] with the plugin's memory limit and a deadline; while under its deadline a
-//! guest yields to tokio at every tick, so a busy plugin never holds a worker thread.
+//! request), epoch interruption driven by one ticker thread, and an on-disk cache of
+//! compiled code keyed by the component's bytes and the engine's settings (a restart, or a
+//! roll-back to a version compiled before, does not compile again).
+//!
+//! A request first passes its plugin's [`Admission`] (a concurrency cap with a short,
+//! bounded queue: past it, a fast 503), then runs in a new [`Store`] with the plugin's
+//! memory limit and a deadline; while under its deadline a guest yields to tokio at every
+//! tick, so a busy plugin never holds a worker thread.
 
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use wasmtime::component::ResourceTable;
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
-    StoreLimitsBuilder, Trap, UpdateDeadline,
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{PluginPre, Request, Response};
 use crate::capabilities::Capabilities;
-use crate::plugins::manifest::Grants;
+use crate::plugins::guest_output::{GuestOutput, GuestStream};
+use crate::plugins::manifest::{Grants, Limits};
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -42,13 +50,23 @@ const SLOT_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct PluginEngine {
     engine: Engine,
+    /// The on-disk cache of compiled code, if enabled (kept for its hit/miss counts).
+    cache: Option<Cache>,
     /// One permit per pooled instance slot: requests beyond the pool's size queue here
     /// (fairly, in arrival order) instead of failing to instantiate.
-    slots: Arc<tokio::sync::Semaphore>,
+    slots: Arc<Semaphore>,
+}
+
+/// How compilations were served so far: from the on-disk cache, or compiled afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileStats {
+    pub cache_hits: usize,
+    pub compiled: usize,
 }
 
 impl PluginEngine {
-    pub fn new() -> anyhow::Result<Self> {
+    /// `cache_dir`: where compiled code is kept across restarts (`None`: always compile).
+    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(MAX_LIVE_INSTANCES)
             .total_memories(MAX_LIVE_INSTANCES)
@@ -59,17 +77,29 @@ impl PluginEngine {
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
             .table_keep_resident(64 * 1024);
 
+        let cache = cache_dir
+            .map(|dir| {
+                let mut settings = CacheConfig::new();
+                settings.with_directory(dir);
+                Cache::new(settings)
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("PLUGIN_CACHE_DIR {}: cannot be used", dir.display()))
+            })
+            .transpose()?;
+
         let mut config = Config::new();
         config
             .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cache(cache.clone());
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("configuring the wasm engine")?;
         spawn_epoch_ticker(&engine)?;
         Ok(Self {
             engine,
-            slots: Arc::new(tokio::sync::Semaphore::new(MAX_LIVE_INSTANCES as usize)),
+            cache,
+            slots: Arc::new(Semaphore::new(MAX_LIVE_INSTANCES as usize)),
         })
     }
 
@@ -77,8 +107,16 @@ impl PluginEngine {
         &self.engine
     }
 
-    pub fn slots(&self) -> Arc<tokio::sync::Semaphore> {
+    pub fn slots(&self) -> Arc<Semaphore> {
         self.slots.clone()
+    }
+
+    /// `None` when the on-disk cache is off.
+    pub fn compile_stats(&self) -> Option<CompileStats> {
+        self.cache.as_ref().map(|cache| CompileStats {
+            cache_hits: cache.cache_hits(),
+            compiled: cache.cache_misses(),
+        })
     }
 }
 
@@ -135,8 +173,9 @@ pub enum PluginFailure {
     Trap(String),
     #[error("plugin returned an invalid response: {0}")]
     InvalidResponse(String),
-    #[error("no instance slot free: {0}")]
-    Exhausted(String),
+    /// The plugin (or the host) is at capacity; the request was not run.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
 }
 
 /// What happened to a plugin's requests since it was loaded (shown by the admin API).
@@ -146,7 +185,7 @@ pub struct PluginCounters {
     pub traps: AtomicU64,
     pub timeouts: AtomicU64,
     pub invalid_responses: AtomicU64,
-    /// Requests refused for want of an instance slot.
+    /// Requests refused at capacity (the plugin's queue, or the host's instance slots).
     pub rejections: AtomicU64,
 }
 
@@ -156,7 +195,7 @@ impl PluginCounters {
             PluginFailure::Timeout(_) => &self.timeouts,
             PluginFailure::Trap(_) => &self.traps,
             PluginFailure::InvalidResponse(_) => &self.invalid_responses,
-            PluginFailure::Exhausted(_) => &self.rejections,
+            PluginFailure::Overloaded(_) => &self.rejections,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -172,17 +211,64 @@ impl PluginCounters {
     }
 }
 
+/// Admission to one plugin version: at most `max_concurrency` requests run, up to
+/// `max_queued` more wait (each at most `queue_timeout`) for a turn, and the rest are
+/// refused at once. A slow or stuck plugin thus costs its own callers a quick 503, never
+/// a pile of waiting connections.
+#[derive(Debug)]
+pub struct Admission {
+    running: Semaphore,
+    queued: AtomicUsize,
+    max_queued: usize,
+    queue_timeout: Duration,
+}
+
+impl Admission {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            running: Semaphore::new(limits.max_concurrency as usize),
+            queued: AtomicUsize::new(0),
+            max_queued: limits.max_queued as usize,
+            queue_timeout: limits.queue_timeout(),
+        }
+    }
+
+    async fn admit(&self) -> Result<SemaphorePermit<'_>, PluginFailure> {
+        if let Ok(permit) = self.running.try_acquire() {
+            return Ok(permit);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(PluginFailure::Overloaded(
+                "the plugin's concurrency limit is reached and its queue is full".into(),
+            ));
+        }
+        let waited = tokio::time::timeout(self.queue_timeout, self.running.acquire()).await;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        match waited {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(PluginFailure::Overloaded("admission closed".into())),
+            Err(_elapsed) => Err(PluginFailure::Overloaded(format!(
+                "no turn within the queue timeout of {:?}",
+                self.queue_timeout
+            ))),
+        }
+    }
+}
+
 /// A compiled, linked plugin ready to be instantiated per request.
 pub struct ReadyComponent {
     pub counters: PluginCounters,
+    pub(crate) admission: Admission,
     pub(crate) engine: Engine,
-    pub(crate) slots: Arc<tokio::sync::Semaphore>,
+    pub(crate) slots: Arc<Semaphore>,
     pub(crate) pre: PluginPre<InstanceState>,
     pub(crate) plugin_name: Arc<str>,
     pub(crate) grants: Arc<Grants>,
     pub(crate) capabilities: Arc<Capabilities>,
     pub(crate) memory_bytes: usize,
     pub(crate) timeout: Duration,
+    pub(crate) max_response_bytes: usize,
 }
 
 impl std::fmt::Debug for ReadyComponent {
@@ -209,7 +295,7 @@ impl ReadyComponent {
     /// Instantiates once without handling a request: a version that cannot even start
     /// (e.g. its initial memory exceeds its limit) is refused before it is swapped in.
     pub async fn smoke_test(&self) -> anyhow::Result<()> {
-        let mut store = self.new_store();
+        let mut store = self.new_store(Arc::from("smoke-test"));
         self.pre
             .instantiate_async(&mut store)
             .await
@@ -218,11 +304,12 @@ impl ReadyComponent {
     }
 
     async fn run(&self, request: &Request) -> Result<Response, PluginFailure> {
+        let _turn = self.admission.admit().await?;
         let _slot = tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
             .await
-            .map_err(|_| PluginFailure::Exhausted("no instance slot freed in time".into()))?
-            .map_err(|_| PluginFailure::Exhausted("instance slots closed".into()))?;
-        let mut store = self.new_store();
+            .map_err(|_| PluginFailure::Overloaded("no instance slot freed in time".into()))?
+            .map_err(|_| PluginFailure::Overloaded("instance slots closed".into()))?;
+        let mut store = self.new_store(Arc::from(request.request_id.as_str()));
         let instance = self
             .pre
             .instantiate_async(&mut store)
@@ -233,13 +320,21 @@ impl ReadyComponent {
             .call_handle(&mut store, request)
             .await
             .map_err(|err| self.classify(err, false))?;
-        validate_response(&response)?;
+        validate_response(&response, self.max_response_bytes)?;
         Ok(response)
     }
 
-    fn new_store(&self) -> Store<InstanceState> {
+    /// A store for one request. WASI gets nothing beyond what the world needs: no
+    /// preopened directories, network, environment or arguments; stdout and stderr
+    /// become log lines tagged with the plugin and `request_id`.
+    fn new_store(&self, request_id: Arc<str>) -> Store<InstanceState> {
+        let output =
+            |stream| GuestOutput::new(self.plugin_name.clone(), request_id.clone(), stream);
         let state = InstanceState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder()
+                .stdout(output(GuestStream::Stdout))
+                .stderr(output(GuestStream::Stderr))
+                .build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.memory_bytes)
@@ -272,13 +367,19 @@ impl ReadyComponent {
         }
         let message = format!("{err:#}");
         if instantiating && message.contains("maximum concurrent") {
-            return PluginFailure::Exhausted(message);
+            return PluginFailure::Overloaded(message);
         }
         PluginFailure::Trap(message)
     }
 }
 
-fn validate_response(response: &Response) -> Result<(), PluginFailure> {
+fn validate_response(response: &Response, max_body_bytes: usize) -> Result<(), PluginFailure> {
+    if response.body.len() > max_body_bytes {
+        return Err(PluginFailure::InvalidResponse(format!(
+            "the body of {} bytes exceeds `limits.max_response_mb` ({max_body_bytes} bytes)",
+            response.body.len()
+        )));
+    }
     if !(200..=599).contains(&response.status) {
         return Err(PluginFailure::InvalidResponse(format!(
             "status {} is outside 200-599",

@@ -26,6 +26,11 @@ pub fn watch(registry: Arc<Registry>) -> anyhow::Result<notify::RecommendedWatch
     let events_root = root.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
+        // Reads (the host's own, when it loads a plugin) change nothing; reacting to them
+        // would reload every plugin forever.
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
         for path in &event.paths {
             if let Some(dir) = top_level_dir(&events_root, path) {
                 let _ = tx.send(dir);
