@@ -4,6 +4,7 @@
 #
 #   bash scripts/bench.sh            # 10 s per target
 #   BENCH_SECONDS=30 BENCH_CONNECTIONS=128 bash scripts/bench.sh
+#   BENCH_SECTIONS="sandbox startup" bash scripts/bench.sh   # some of: throughput sandbox reload startup
 #
 # Targets: a bare hyper hello-world built here (the machine's ceiling), GET /health (host
 # only), GET /hello/x (through a plugin instance), and GET /api/v1/users/me (JWT verify +
@@ -22,6 +23,8 @@ cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-10}
 connections=${BENCH_CONNECTIONS:-64}
 threads=${BENCH_THREADS:-2}
+sections=" ${BENCH_SECTIONS:-throughput sandbox reload startup} "
+wants() { [[ $sections == *" $1 "* ]]; }
 
 if ! command -v wrk >/dev/null; then
   echo "bench: installing wrk" >&2
@@ -65,6 +68,12 @@ measure() {
   errors=$(awk '/Non-2xx or 3xx responses:/ {print $5} /Socket errors:/ {print "socket:" $0}' <<<"$out" | tr '\n' ' ')
   results+=("$label|$rps|$p50|$p99|${errors:-0}")
 }
+token_for() { # <addr>: a fresh access token for root
+  curl -sf -X POST "http://$1/api/v1/auth/login" -H 'content-type: application/json' \
+    -d '{"email":"root@example.com","password":"root-password"}' |
+    sed -E 's/.*"access_token":"([^"]+)".*/\1/'
+}
+p99_of() { IFS='|' read -r _ _ _ p99 _ <<<"${results[$1]}"; echo "$p99"; }
 to_ms() {
   awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
 }
@@ -80,6 +89,7 @@ common_env=(JWT_SECRET=bench-secret-bench-secret-bench-secret-0123 LOG_FORMAT=js
   FIRST_SUPERUSER_EMAIL=root@example.com FIRST_SUPERUSER_USERNAME=root
   FIRST_SUPERUSER_PASSWORD=root-password BIND_ADDR=127.0.0.1:0
   RATE_LIMIT_PER_MINUTE=0 AUTH_RATE_LIMIT_PER_MINUTE=0)
+if wants throughput; then
 start hyper env BIND_ADDR=127.0.0.1:0 target/release/plinth-bench-hyper-hello
 hyper_addr=$started_addr
 start plinth env "${common_env[@]}" DATABASE_URL="sqlite://$work/bench.db" target/release/plinth
@@ -96,11 +106,6 @@ start plinth-on env "${common_env[@]}" DATABASE_URL="sqlite://$work/on.db" \
   RATE_LIMIT_PER_MINUTE=1000000000 CORS_ALLOWED_ORIGINS=https://app.example.com target/release/plinth
 on_addr=$started_addr
 
-token_for() { # <addr>: a fresh access token for root
-  curl -sf -X POST "http://$1/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"root@example.com","password":"root-password"}' |
-    sed -E 's/.*"access_token":"([^"]+)".*/\1/'
-}
 sqlite_token=$(token_for "$plinth_addr")
 pg_token=$(token_for "$pg_addr")
 cat >"$work/login.lua" <<'LUA'
@@ -138,42 +143,57 @@ echo
 echo "host-only / bare hyper:      $(ratio "$(rps_of 1)" "$(rps_of 0)")"
 echo "plugin path / bare hyper:    $(ratio "$(rps_of 2)" "$(rps_of 0)")"
 echo "plugin path / host-only:     $(ratio "$(rps_of 2)" "$(rps_of 1)")   (target: >= 50%)"
-p99_of() { IFS='|' read -r _ _ _ p99 _ <<<"${results[$1]}"; echo "$p99"; }
 echo "middleware on / off (host-only):  $(ratio "$(rps_of 8)" "$(rps_of 7)")   (target: >= 85%, i.e. overhead <= 15%)"
 echo "users/me p99 under login flood / quiet: $(awk -v a="$(p99_of 6)" -v b="$(p99_of 4)" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }')   (target: <= 5x; flood served ${flood_rps:-?} logins/s)"
+fi
 
 # --- Sandbox: a plugin's neighbours are hostile -------------------------------------------
+if wants sandbox; then
 hostile_plugins="$work/hostile-plugins"
 mkdir -p "$hostile_plugins"
 cp -r target/plugins/hello target/test-plugins/{spin,membomb,trap,bigbody} "$hostile_plugins/"
 start plinth-hostile env "${common_env[@]}" DATABASE_URL="sqlite://$work/hostile.db" \
-  PLUGINS_DIR="$hostile_plugins" RUST_LOG=warn target/release/plinth
+  PLUGINS_DIR="$hostile_plugins" RUST_LOG=warn,plinth=info,plinth::access=off target/release/plinth
 hostile_addr=$started_addr
+quiet=${#results[@]}
 measure "GET /hello/x, quiet" "http://$hostile_addr/hello/x"
-hostile_pids=()
-for path in spin membomb trap bigbody/64; do
-  wrk -t1 -c4 -d"$((seconds + 3))s" "http://$hostile_addr/$path" >"$work/hostile-${path%%/*}.out" 2>&1 &
-  hostile_pids+=($!)
-done
-sleep 1
-measure "GET /hello/x, next to hostile plugins" "http://$hostile_addr/hello/x"
-wait "${hostile_pids[@]}" || true
-hostile_rps=$(cat "$work"/hostile-*.out | awk '/^Requests\/sec:/ {s += $2} END {printf "%.0f", s}')
+# next_to <label> <paths...>: /hello/x while 4 connections each call the given plugins;
+# sets $answered to the hostile requests answered per second.
+next_to() {
+  local label=$1 path pids=(); shift
+  rm -f "$work"/hostile-*.out
+  for path in "$@"; do
+    wrk -t1 -c4 -d"$((seconds + 3))s" "http://$hostile_addr/$path" >"$work/hostile-${path%%/*}.out" 2>&1 &
+    pids+=($!)
+  done
+  sleep 1
+  measure "$label" "http://$hostile_addr/hello/x"
+  wait "${pids[@]}" || true
+  answered=$(cat "$work"/hostile-*.out | awk '/^Requests\/sec:/ {s += $2} END {printf "%.0f", s}')
+}
+next_to "GET /hello/x, next to spin+membomb+trap" spin membomb trap
+hostile_rps=$answered
+next_to "GET /hello/x, next to bigbody/64" bigbody/64
+bigbody_rps=$answered
 echo
-echo "Sandbox (wrk -c$connections on /hello/x; 4 connections each on /spin, /membomb, /trap, /bigbody/64)"
-for i in 9 10; do
+echo "Sandbox (wrk -c$connections on /hello/x; 4 connections on each hostile route)"
+for i in "$quiet" "$((quiet + 1))" "$((quiet + 2))"; do
   IFS='|' read -r label rps p50 p99 errors <<<"${results[$i]}"
   printf '%-42s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
 done
-echo "/hello/x p99 next to hostile plugins / quiet: $(awk -v a="$(p99_of 10)" -v b="$(p99_of 9)" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }')   (target: <= 3x; hostile requests answered: ${hostile_rps:-?}/s)"
+p99_ratio() { awk -v a="$(p99_of "$1")" -v b="$(p99_of "$quiet")" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }'; }
+echo "/hello/x p99 next to endless loop, memory bomb, trap / quiet: $(p99_ratio $((quiet + 1)))   (target: <= 3x; hostile requests answered: ${hostile_rps:-?}/s)"
+echo "/hello/x p99 next to 64 MiB response bodies / quiet:         $(p99_ratio $((quiet + 2)))   (filling and copying 64 MiB is not interruptible: ${bigbody_rps:-?} refused/s)"
+fi
 
 # --- Reload latency --------------------------------------------------------------------
+if wants reload; then
 reload_plugins="$work/reload-plugins"
 mkdir -p "$reload_plugins"
 cp -r target/plugins/{auth,users} "$reload_plugins/"
 cp -r target/test-plugins/versioned "$reload_plugins/"
 start plinth-reload env "${common_env[@]}" DATABASE_URL="sqlite://$work/reload.db" \
-  PLUGINS_DIR="$reload_plugins" PLUGIN_CACHE_DIR="$work/reload-cache" RUST_LOG=warn target/release/plinth
+  PLUGINS_DIR="$reload_plugins" PLUGIN_CACHE_DIR="$work/reload-cache" RUST_LOG=warn,plinth=info,plinth::access=off target/release/plinth
 reload_addr=$started_addr
 reload_token=$(token_for "$reload_addr")
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
@@ -200,8 +220,10 @@ echo
 echo "Reload (10 swaps v1<->v2 of a watched plugin; the watcher debounces 250 ms)"
 echo "file change -> first request served by the new version: $(stats "${watch_ms[@]}")"
 echo "admin reload call (prepare + swap, answered after it):  $(stats "${admin_ms[@]}")"
+fi
 
 # --- Start-up, cold and warm compilation cache -----------------------------------------
+if wants startup; then
 startup() { # <cache dir>: ms from spawn to the first 200 from every deployed plugin
   local t0 log="$work/startup-$RANDOM.log"
   t0=$(now_ms)
@@ -223,3 +245,4 @@ echo
 echo "Start-up to serving hello, auth and users (SQLite)"
 echo "cold cache: ${cold% *} ms (${cold#* })"
 echo "warm cache: ${warm% *} ms (${warm#* })   (target: < 1000 ms)"
+fi

@@ -116,8 +116,8 @@ impl Default for Limits {
         Self {
             memory_mb: 64,
             timeout_ms: 2_000,
-            max_concurrency: 64,
-            max_queued: 256,
+            max_concurrency: 256,
+            max_queued: 1_024,
             queue_timeout_ms: 1_000,
             max_response_mb: 8,
         }
