@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod bindings;
+pub mod bounded;
 pub mod capabilities;
 pub mod config;
 pub mod error;

@@ -6,14 +6,11 @@
 //! of letting a login flood queue without bound. Verifying with no stored hash checks a
 //! dummy hash, so an unknown account costs the same time as a wrong password.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
 
 use crate::bindings::plinth::plugin::passwords::{Error, Host};
+use crate::bounded::BoundedSemaphore;
 use crate::plugins::runtime::InstanceState;
 
 pub const INTERFACE: &str = "passwords";
@@ -35,9 +32,8 @@ const MAX_PASSWORD_BYTES: usize = 4 * 128;
 
 #[derive(Debug)]
 pub struct PasswordService {
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-    max_queued: usize,
+    /// Hashing jobs running, and the bounded line of those waiting to.
+    jobs: BoundedSemaphore,
     dummy_hash: String,
 }
 
@@ -47,9 +43,7 @@ impl PasswordService {
         let dummy_hash =
             tokio::task::spawn_blocking(|| hash_blocking("plinth-dummy-password")).await??;
         Ok(Self {
-            permits: Arc::new(Semaphore::new(max_parallel.max(1))),
-            waiting: AtomicUsize::new(0),
-            max_queued,
+            jobs: BoundedSemaphore::new(max_parallel.max(1), max_queued),
             dummy_hash,
         })
     }
@@ -58,14 +52,11 @@ impl PasswordService {
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Error> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        // No wait limit of its own: the calling plugin's deadline bounds the wait.
+        let permit = self.jobs.acquire(None).await.map_err(|_| {
             tracing::warn!("password hashing queue is full");
-            return Err(Error::Unavailable);
-        }
-        let permit = self.permits.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        let permit = permit.map_err(|_| Error::Unavailable)?;
+            Error::Unavailable
+        })?;
         tokio::task::spawn_blocking(move || {
             let result = job();
             drop(permit);

@@ -13,11 +13,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
@@ -26,6 +26,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{PluginPre, Request, Response};
+use crate::bounded::{BoundedSemaphore, Refusal};
 use crate::capabilities::Capabilities;
 use crate::plugins::guest_output::{GuestOutput, GuestStream};
 use crate::plugins::manifest::{Grants, Limits};
@@ -220,42 +221,35 @@ impl PluginCounters {
 /// a pile of waiting connections.
 #[derive(Debug)]
 pub struct Admission {
-    running: Semaphore,
-    queued: AtomicUsize,
-    max_queued: usize,
+    turns: BoundedSemaphore,
     queue_timeout: Duration,
 }
 
 impl Admission {
     pub fn new(limits: &Limits) -> Self {
         Self {
-            running: Semaphore::new(limits.max_concurrency as usize),
-            queued: AtomicUsize::new(0),
-            max_queued: limits.max_queued as usize,
+            turns: BoundedSemaphore::new(
+                limits.max_concurrency as usize,
+                limits.max_queued as usize,
+            ),
             queue_timeout: limits.queue_timeout(),
         }
     }
 
-    async fn admit(&self) -> Result<SemaphorePermit<'_>, PluginFailure> {
-        if let Ok(permit) = self.running.try_acquire() {
-            return Ok(permit);
-        }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(PluginFailure::Overloaded(
-                "the plugin's concurrency limit is reached and its queue is full".into(),
-            ));
-        }
-        let waited = tokio::time::timeout(self.queue_timeout, self.running.acquire()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        match waited {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_closed)) => Err(PluginFailure::Overloaded("admission closed".into())),
-            Err(_elapsed) => Err(PluginFailure::Overloaded(format!(
-                "no turn within the queue timeout of {:?}",
-                self.queue_timeout
-            ))),
-        }
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, PluginFailure> {
+        self.turns
+            .acquire(Some(self.queue_timeout))
+            .await
+            .map_err(|refusal| {
+                PluginFailure::Overloaded(match refusal {
+                    Refusal::LineFull => {
+                        "the plugin's concurrency limit is reached and its queue is full".into()
+                    }
+                    Refusal::TimedOut(limit) => {
+                        format!("no turn within the queue timeout of {limit:?}")
+                    }
+                })
+            })
     }
 }
 
