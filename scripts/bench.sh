@@ -152,6 +152,10 @@ if wants sandbox; then
 hostile_plugins="$work/hostile-plugins"
 mkdir -p "$hostile_plugins"
 cp -r target/plugins/hello target/test-plugins/{spin,membomb,trap,bigbody} "$hostile_plugins/"
+# The same huge-body plugin with its concurrency capped at 1: it can block one worker, not all.
+cp -r target/test-plugins/bigbody "$hostile_plugins/bigbody-capped"
+sed -i -e 's/^name = "bigbody"/name = "bigbody-capped"/' -e 's|/bigbody/|/bigbody-capped/|' \
+  -e 's/^\[limits\]/[limits]\nmax_concurrency = 1/' "$hostile_plugins/bigbody-capped/plugin.toml"
 start plinth-hostile env "${common_env[@]}" DATABASE_URL="sqlite://$work/hostile.db" \
   PLUGINS_DIR="$hostile_plugins" RUST_LOG=warn,plinth=info,plinth::access=off target/release/plinth
 hostile_addr=$started_addr
@@ -175,15 +179,17 @@ next_to "GET /hello/x, next to spin+membomb+trap" spin membomb trap
 hostile_rps=$answered
 next_to "GET /hello/x, next to bigbody/64" bigbody/64
 bigbody_rps=$answered
+next_to "GET /hello/x, next to bigbody capped at 1" bigbody-capped/64
 echo
 echo "Sandbox (wrk -c$connections on /hello/x; 4 connections on each hostile route)"
-for i in "$quiet" "$((quiet + 1))" "$((quiet + 2))"; do
+for i in "$quiet" "$((quiet + 1))" "$((quiet + 2))" "$((quiet + 3))"; do
   IFS='|' read -r label rps p50 p99 errors <<<"${results[$i]}"
   printf '%-42s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
 done
 p99_ratio() { awk -v a="$(p99_of "$1")" -v b="$(p99_of "$quiet")" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }'; }
 echo "/hello/x p99 next to endless loop, memory bomb, trap / quiet: $(p99_ratio $((quiet + 1)))   (target: <= 3x; hostile requests answered: ${hostile_rps:-?}/s)"
 echo "/hello/x p99 next to 64 MiB response bodies / quiet:         $(p99_ratio $((quiet + 2)))   (filling and copying 64 MiB is not interruptible: ${bigbody_rps:-?} refused/s)"
+echo "  ... with that plugin's max_concurrency = 1 / quiet:           $(p99_ratio $((quiet + 3)))"
 fi
 
 # --- Reload latency --------------------------------------------------------------------

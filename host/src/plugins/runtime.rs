@@ -32,10 +32,12 @@ use crate::plugins::guest_output::{GuestOutput, GuestStream};
 use crate::plugins::manifest::{Grants, Limits};
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields. A busy
-/// guest holds a worker thread at most this long before others get a turn (measured:
-/// 5 ms let four spinning guests push a neighbour's p99 from 5 to ~200 ms; 1 ms, with the
-/// runtime settings in `main.rs`, keeps it near 2x).
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// guest holds a worker thread at most this long before others get a turn. Measured on
+/// two cores (`scripts/bench.sh`, sandbox section), a neighbour's p99 of ~6 ms became
+/// ~200 ms next to four spinning guests at 5 ms; next to an endless loop, a memory bomb
+/// and a trap (with the runtime settings in `main.rs`) ~19 ms at 1 ms and ~18 ms at
+/// 0.5 ms. A tick costs one fiber switch per running guest.
+pub const EPOCH_TICK: Duration = Duration::from_micros(500);
 
 /// Instances alive at once across all plugins; beyond it a request gets 503.
 const MAX_LIVE_INSTANCES: u32 = 1_000;
