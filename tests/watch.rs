@@ -71,3 +71,34 @@ async fn a_changed_plugin_is_rebuilt_and_a_broken_change_is_refused() {
             .is_some_and(|m| m.contains("change refused"))
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_real_changes_reload() {
+    let plugins = PluginsDir::with(&["hello"]);
+    let host = TestHost::start(&plugins);
+    let swaps = || {
+        host.json_logs()
+            .iter()
+            .filter(|l| l["message"] == "plugin version swapped in")
+            .count()
+    };
+    let dir = plugins.path().join("hello");
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).expect("manifest");
+
+    // One real change: one swap, and loading it (which reads the files) starts no other.
+    std::fs::write(
+        dir.join("plugin.toml"),
+        manifest.replace("version = \"1.0.0\"", "version = \"1.0.1\""),
+    )
+    .expect("write");
+    host.wait_for_log(|l| l["message"] == "plugin version swapped in");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(swaps(), 1, "reloads without a change");
+
+    // Files rewritten with the same bytes: nothing to reload.
+    let component = std::fs::read(dir.join("hello.wasm")).expect("component");
+    std::fs::write(dir.join("hello.wasm"), component).expect("write");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(swaps(), 1, "an unchanged component was reloaded");
+    assert_eq!(host.get("/hello/x").await.status(), 200);
+}

@@ -137,9 +137,7 @@ impl LoadedPlugin {
             .with_context(|| format!("{}: smoke test", plugin.manifest_path.display()))?;
         Ok(plugin)
     }
-}
 
-impl LoadedPlugin {
     /// Whether `dir` still holds exactly this version's manifest and component (a touch,
     /// or an event for a file the plugin does not use, changes nothing).
     fn matches_disk(&self) -> bool {
