@@ -269,3 +269,21 @@ async fn a_plugin_cannot_read_another_plugins_keys(backend: Backend) {
 }
 
 on_both_backends!(a_plugin_cannot_read_another_plugins_keys);
+
+#[tokio::test]
+async fn a_plugin_reaches_no_files_environment_or_network() {
+    let plugins = PluginsDir::with(&["nosy"]);
+    // The host's environment holds JWT_SECRET and DATABASE_URL, its working directory a
+    // database, and PostgreSQL and Redis listen locally: none of it is within reach.
+    let host = TestHost::start(&plugins);
+    let response = host.get("/nosy").await;
+    assert_eq!(response.status(), 200);
+    let seen = json_body(response).await;
+    assert_eq!(seen["file"], false, "{seen}");
+    assert_eq!(seen["dir"], false, "{seen}");
+    assert_eq!(seen["env"], serde_json::json!([]), "{seen}");
+    assert_eq!(seen["tcp"], false, "{seen}");
+    assert_eq!(seen["dns"], false, "{seen}");
+    // What the world does need still works.
+    assert_eq!(seen["clock"], true, "{seen}");
+}

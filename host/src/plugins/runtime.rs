@@ -330,9 +330,14 @@ impl ReadyComponent {
         let output =
             |stream| GuestOutput::new(self.plugin_name.clone(), request_id.clone(), stream);
         let state = InstanceState {
+            // Said explicitly, not left to defaults: no sockets, no name lookups. Clocks
+            // and randomness stay (std's `Instant`, `SystemTime` and hash maps need them).
             wasi: WasiCtx::builder()
                 .stdout(output(GuestStream::Stdout))
                 .stderr(output(GuestStream::Stderr))
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
                 .build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()

@@ -1,0 +1,30 @@
+//! Test plugin: `GET /nosy` tries to reach what the sandbox withholds (the host's files,
+//! its environment, the network) and reports what it got.
+
+use plinth_sdk::{Handler, Request, Response};
+
+struct Nosy;
+
+impl Handler for Nosy {
+    fn handle(_request: Request) -> Response {
+        let file = std::fs::read_to_string("/etc/hostname")
+            .or_else(|_| std::fs::read_to_string("plugin.toml"))
+            .is_ok();
+        let dir = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
+        let env: Vec<String> = std::env::vars().map(|(name, _)| name).collect();
+        let tcp = std::net::TcpStream::connect("127.0.0.1:5432").is_ok()
+            || std::net::TcpStream::connect("127.0.0.1:6379").is_ok();
+        let dns = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 80)).is_ok();
+        let clock = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|since| since.as_secs() > 0);
+        Response::json(
+            200,
+            &serde_json::json!({
+                "file": file, "dir": dir, "env": env, "tcp": tcp, "dns": dns, "clock": clock,
+            }),
+        )
+    }
+}
+
+plinth_sdk::export_plugin!(Nosy);
