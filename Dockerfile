@@ -11,7 +11,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --create-home --home-dir /var/lib/plinth plinth
+ && useradd --system --create-home --home-dir /var/lib/plinth plinth \
+ && install -d -o plinth -g plinth /var/lib/plinth/plugin-cache
 COPY --from=build /src/target/release/plinth /usr/local/bin/plinth
 COPY --from=build /src/target/plugins /srv/plinth/plugins
 ENV PLUGINS_DIR=/srv/plinth/plugins \
