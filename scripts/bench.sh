@@ -73,6 +73,7 @@ token_for() { # <addr>: a fresh access token for root
     -d '{"email":"root@example.com","password":"root-password"}' |
     sed -E 's/.*"access_token":"([^"]+)".*/\1/'
 }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 p99_of() { IFS='|' read -r _ _ _ p99 _ <<<"${results[$1]}"; echo "$p99"; }
 to_ms() {
   awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
@@ -202,7 +203,6 @@ start plinth-reload env "${common_env[@]}" DATABASE_URL="sqlite://$work/reload.d
   PLUGINS_DIR="$reload_plugins" PLUGIN_CACHE_DIR="$work/reload-cache" RUST_LOG=warn,plinth=info,plinth::access=off target/release/plinth
 reload_addr=$started_addr
 reload_token=$(token_for "$reload_addr")
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 install_version() { # <built dir>: the files of a version, each renamed into place
   for f in versioned.wasm plugin.toml; do
     cp "$1/$f" "$reload_plugins/versioned/.$f.new"
@@ -230,7 +230,7 @@ fi
 
 # --- Start-up, cold and warm compilation cache -----------------------------------------
 if wants startup; then
-startup() { # <cache dir>: ms from spawn to the first 200 from every deployed plugin
+startup() { # <cache dir>: ms from spawn until hello answers 200 and users 401 (both loaded)
   local t0 log="$work/startup-$RANDOM.log"
   t0=$(now_ms)
   env "${common_env[@]}" DATABASE_URL="sqlite://$work/startup.db" PLUGIN_CACHE_DIR="$1" \
