@@ -10,19 +10,18 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::bindings::plinth::plugin::sql::Value as SqlValue;
-use crate::bindings::plinth::plugin::tokens::TokenKind;
-use crate::capabilities::Capabilities;
-use crate::capabilities::tokens::TokenError;
 use crate::error::{ApiError, Body, ValidationIssue, json_response};
-use crate::plugins::{LoadedPlugin, Registry, ReloadError};
+use crate::pipeline::{AppState, authenticate};
+use crate::plugins::manifest::AuthPolicy;
+use crate::plugins::{LoadedPlugin, ReloadError};
 
 pub async fn handle(
-    registry: &Registry,
-    capabilities: &Capabilities,
+    state: &AppState,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
 ) -> Result<Response<Body>, ApiError> {
+    let registry = &state.registry;
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let allow = |methods: &[&str]| ApiError::MethodNotAllowed {
         allow: methods.iter().map(|m| (*m).to_owned()).collect(),
@@ -32,7 +31,7 @@ pub async fn handle(
             if method != Method::GET && method != Method::HEAD {
                 return Err(allow(&["GET", "HEAD"]));
             }
-            require_superuser(capabilities, headers).await?;
+            require_superuser(state, headers).await?;
             let table = registry.snapshot();
             let entries: Vec<Value> = table
                 .plugins()
@@ -45,7 +44,7 @@ pub async fn handle(
             if method != Method::POST {
                 return Err(allow(&["POST"]));
             }
-            require_superuser(capabilities, headers).await?;
+            require_superuser(state, headers).await?;
             match registry.reload(name).await {
                 Ok(plugin) => Ok(json_response(StatusCode::OK, &describe(&plugin, None))),
                 Err(ReloadError::Unknown(_)) => Err(ApiError::NotFound),
@@ -85,22 +84,18 @@ fn describe(plugin: &LoadedPlugin, last_error: Option<String>) -> Value {
     })
 }
 
-/// A valid bearer access token of an active superuser; 401 / 403 otherwise.
-async fn require_superuser(
-    capabilities: &Capabilities,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
-    let token = crate::pipeline::bearer_token(headers).ok_or(ApiError::NotAuthenticated)?;
-    let claims = match capabilities.tokens.verify(token, TokenKind::Access).await {
-        Ok(claims) => claims,
-        Err(TokenError::Unavailable) => return Err(ApiError::Unavailable("token state".into())),
-        Err(_) => return Err(ApiError::NotAuthenticated),
-    };
-    let id: i64 = claims
+/// A valid bearer access token (checked as for any `auth = "required"` route) of an
+/// active superuser; 401 / 403 otherwise.
+async fn require_superuser(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let principal = authenticate(state, AuthPolicy::Required, headers)
+        .await?
+        .ok_or(ApiError::NotAuthenticated)?;
+    let id: i64 = principal
         .subject
         .parse()
         .map_err(|_| ApiError::NotAuthenticated)?;
-    let rows = capabilities
+    let rows = state
+        .capabilities
         .database
         .query(
             "SELECT is_active, is_superuser FROM users WHERE id = $1",

@@ -154,8 +154,7 @@ async fn dispatch(
     } else if request.uri().path().starts_with("/admin/") {
         // Reserved for the host (no manifest may claim it), limited like every route.
         admin::handle(
-            &state.registry,
-            &state.capabilities,
+            state,
             request.method(),
             request.uri().path(),
             request.headers(),
@@ -271,7 +270,7 @@ async fn readiness(capabilities: &Capabilities) -> Result<Response<Body>, ApiErr
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
-pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -284,7 +283,7 @@ pub fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
 
 /// Applies the route's auth policy: a verified bearer access token becomes the principal.
 /// `required` answers 401 without one; `optional` ignores a missing or unusable one.
-async fn authenticate(
+pub(crate) async fn authenticate(
     state: &AppState,
     policy: AuthPolicy,
     headers: &http::HeaderMap,
