@@ -16,16 +16,6 @@ async fn start() -> (PluginsDir, TestHost, plinth_tests::api::Tokens) {
     (plugins, host, root)
 }
 
-async fn reload(host: &TestHost, name: &str, token: &str) -> plinth_tests::api::Reply {
-    host.call(
-        Method::POST,
-        &format!("/admin/plugins/{name}/reload"),
-        Some(token),
-        None,
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_superusers_see_the_plugin_list() {
     let (_plugins, host, root) = start().await;
@@ -67,11 +57,11 @@ async fn only_superusers_see_the_plugin_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_swaps_in_the_new_version() {
     let (plugins, host, root) = start().await;
-    reload(&host, "nope", &root.access)
+    host.admin_reload("nope", &root.access)
         .await
         .expect(404, Some("NOT_FOUND"));
     let (_, normal) = host.user("olga").await;
-    reload(&host, "hello", &normal.access)
+    host.admin_reload("hello", &normal.access)
         .await
         .expect(403, Some("FORBIDDEN"));
 
@@ -82,7 +72,7 @@ async fn a_reload_swaps_in_the_new_version() {
         text.replace("version = \"1.0.0\"", "version = \"1.1.0\""),
     )
     .expect("write");
-    let reply = reload(&host, "hello", &root.access).await;
+    let reply = host.admin_reload("hello", &root.access).await;
     reply.expect(200, None);
     assert_eq!(reply.body["version"], "1.1.0");
     assert_eq!(host.get("/hello/x").await.status(), 200);
@@ -99,7 +89,7 @@ async fn a_refused_build_keeps_the_old_version_serving() {
 
     // Garbage bytes.
     std::fs::write(dir.join("hello.wasm"), b"not a component").expect("write");
-    let reply = reload(&host, "hello", &root.access).await;
+    let reply = host.admin_reload("hello", &root.access).await;
     reply.expect(422, Some("VALIDATION_ERROR"));
     assert!(
         reply.body.to_string().contains("not a loadable component"),
@@ -119,7 +109,7 @@ async fn a_refused_build_keeps_the_old_version_serving() {
     // A component importing capabilities the manifest does not grant (auth's, as hello).
     let auth = std::fs::read(plugins.path().join("auth/auth.wasm")).expect("auth component");
     std::fs::write(dir.join("hello.wasm"), auth).expect("write");
-    let reply = reload(&host, "hello", &root.access).await;
+    let reply = host.admin_reload("hello", &root.access).await;
     reply.expect(422, Some("VALIDATION_ERROR"));
     assert!(
         reply.body.to_string().contains("does not grant"),
@@ -134,7 +124,7 @@ async fn a_refused_build_keeps_the_old_version_serving() {
         format!("{manifest}\n[[route]]\nmethod = \"GET\"\npath = \"/api/v1/users/me\"\n"),
     )
     .expect("write");
-    let reply = reload(&host, "hello", &root.access).await;
+    let reply = host.admin_reload("hello", &root.access).await;
     reply.expect(422, Some("VALIDATION_ERROR"));
     assert!(
         reply.body.to_string().contains("route conflict"),
@@ -150,7 +140,9 @@ async fn a_refused_build_keeps_the_old_version_serving() {
 
     // Fixed again: the reload succeeds and the error is cleared.
     std::fs::write(dir.join("plugin.toml"), &manifest).expect("write");
-    reload(&host, "hello", &root.access).await.expect(200, None);
+    host.admin_reload("hello", &root.access)
+        .await
+        .expect(200, None);
     let list = host.get_as("/admin/plugins", &root.access).await;
     assert!(list.body[1]["last_error"].is_null());
 }

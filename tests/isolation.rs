@@ -222,13 +222,7 @@ async fn past_its_concurrency_limit_a_plugin_gets_fast_503s() {
     assert_eq!(status, 200);
     assert_eq!(short.await.expect("join").0, 200);
 
-    let list = host.get_as("/admin/plugins", &root.access).await;
-    let spin = list
-        .body
-        .as_array()
-        .and_then(|all| all.iter().find(|p| p["name"] == "spin"))
-        .expect("spin listed")
-        .clone();
+    let spin = host.admin_plugin("spin", &root.access).await;
     assert_eq!(spin["counters"]["rejections"], 2, "{spin}");
     assert_eq!(spin["counters"]["requests"], 5, "{spin}");
     assert_eq!(spin["limits"]["max_concurrency"], 1, "{spin}");

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use plinth_tests::{PluginsDir, TestHost, built_plugin};
-use reqwest::Method;
 
 const CLIENT_LOOPS: usize = 8;
 const LOAD_DURATION: Duration = Duration::from_secs(15);
@@ -115,14 +114,9 @@ async fn swapping_versions_under_load_fails_no_request() {
         // Half the swaps are left to the directory watcher, half are asked of the admin
         // API (whose answer means the new version is already installed).
         if swap % 2 == 1 {
-            host.call(
-                Method::POST,
-                "/admin/plugins/versioned/reload",
-                Some(&root.access),
-                None,
-            )
-            .await
-            .expect(200, None);
+            host.admin_reload("versioned", &root.access)
+                .await
+                .expect(200, None);
         }
         // From the first request that sees the new version on, none may see the old one.
         loop {
@@ -196,14 +190,9 @@ async fn a_broken_v3_is_refused_and_v2_keeps_serving() {
     let dir = plugins.path().join("versioned");
     let url = host.url("/versioned");
     install_files(&dir, Version::V2);
-    host.call(
-        Method::POST,
-        "/admin/plugins/versioned/reload",
-        Some(&root.access),
-        None,
-    )
-    .await
-    .expect(200, None);
+    host.admin_reload("versioned", &root.access)
+        .await
+        .expect(200, None);
     assert_eq!(which_version(&host.client, &url).await, Ok(Version::V2));
     let v2_manifest = std::fs::read_to_string(dir.join("plugin.toml")).expect("manifest");
     let v2_component = std::fs::read(dir.join("versioned.wasm")).expect("component");
@@ -237,14 +226,7 @@ async fn a_broken_v3_is_refused_and_v2_keeps_serving() {
         std::fs::write(dir.join("versioned.wasm"), component).expect("write component");
         std::fs::write(dir.join("plugin.toml"), manifest).expect("write manifest");
         // The admin call answers 422 with the reason...
-        let reply = host
-            .call(
-                Method::POST,
-                "/admin/plugins/versioned/reload",
-                Some(&root.access),
-                None,
-            )
-            .await;
+        let reply = host.admin_reload("versioned", &root.access).await;
         reply.expect(422, Some("VALIDATION_ERROR"));
         assert!(
             reply.body.to_string().contains(reason),
@@ -261,13 +243,7 @@ async fn a_broken_v3_is_refused_and_v2_keeps_serving() {
                 "{what}"
             );
         }
-        let list = host.get_as("/admin/plugins", &root.access).await;
-        let entry = list
-            .body
-            .as_array()
-            .and_then(|all| all.iter().find(|p| p["name"] == "versioned"))
-            .expect("versioned listed")
-            .clone();
+        let entry = host.admin_plugin("versioned", &root.access).await;
         assert_eq!(entry["version"], "2.0.0", "{what}");
         assert!(
             entry["last_error"]

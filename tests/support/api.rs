@@ -115,6 +115,28 @@ impl TestHost {
             .await
     }
 
+    /// `POST /admin/plugins/{name}/reload` with `token`.
+    pub async fn admin_reload(&self, name: &str, token: &str) -> Reply {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/admin/plugins/{name}/reload"),
+            Some(token),
+            None,
+        )
+        .await
+    }
+
+    /// Plugin `name`'s entry in `GET /admin/plugins` (read with a superuser's `token`).
+    pub async fn admin_plugin(&self, name: &str, token: &str) -> Value {
+        let list = self.get_as("/admin/plugins", token).await;
+        list.expect(200, None);
+        list.body
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("plugin `{name}` not listed: {}", list.body))
+            .clone()
+    }
+
     pub async fn register(&self, email: &str, username: &str, password: &str) -> Reply {
         self.post_json(
             "/api/v1/auth/register",
