@@ -75,10 +75,18 @@ impl LoadedPlugin {
             manifest_path,
             component_path,
         } = Manifest::load(dir)?;
-        let bytes = tokio::fs::read(&component_path)
-            .await
-            .with_context(|| format!("{}: cannot read component", component_path.display()))?;
-        let content_hash = hex(&Sha256::digest(&bytes));
+        let (bytes, content_hash) = {
+            let path = component_path.clone();
+            // Reading and hashing megabytes: off the async workers.
+            tokio::task::spawn_blocking(move || {
+                std::fs::read(&path).map(|bytes| {
+                    let hash = hex(&Sha256::digest(&bytes));
+                    (bytes, hash)
+                })
+            })
+            .await?
+            .with_context(|| format!("{}: cannot read component", component_path.display()))?
+        };
 
         let component = match previous.filter(|p| p.content_hash == content_hash) {
             Some(previous) => previous.compiled.clone(),
@@ -320,11 +328,18 @@ impl Registry {
         let current = self.snapshot();
         let existing = current.plugins().iter().find(|p| p.dir == dir);
         if dir.join("plugin.toml").is_file() {
-            if let Some(serving) = existing.filter(|p| p.matches_disk()) {
-                // Back to the serving version's files: a refusal recorded since is moot.
-                self.record(&serving.name, None);
-                tracing::debug!(plugin = %serving.name, "files unchanged; nothing to reload");
-                return;
+            if let Some(serving) = existing {
+                let candidate = serving.clone();
+                // Reads and hashes the files: off the async workers.
+                let unchanged = tokio::task::spawn_blocking(move || candidate.matches_disk())
+                    .await
+                    .unwrap_or(false);
+                if unchanged {
+                    // Back to the serving version's files: a refusal recorded since is moot.
+                    self.record(&serving.name, None);
+                    tracing::debug!(plugin = %serving.name, "files unchanged; nothing to reload");
+                    return;
+                }
             }
             let name = existing.map_or(dir_name, |p| p.name.as_str());
             // A refusal is logged and recorded by `install`.
