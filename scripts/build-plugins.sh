@@ -24,6 +24,19 @@ lay_out() { # <source dir with plugin.toml> <name> <destination root>
   # Copy then rename: a watching host never sees a half-written component.
   cp "target/wasm32-wasip2/release/plinth_plugin_${name}.wasm" "$dest/$component.tmp"
   mv "$dest/$component.tmp" "$dest/$component"
+  # A plugin ships the migrations of the data set it names (`sql = { data_set = "x" }`)
+  # from migrations/<x>/, or its own from <plugin>/migrations/.
+  local data_set
+  data_set=$(sed -n 's/^sql *= *{ *data_set *= *"\([a-z0-9_-]*\)".*/\1/p' "$src/plugin.toml")
+  local migrations=""
+  if [ -d "$src/migrations" ]; then migrations="$src/migrations"
+  elif [ -n "$data_set" ] && [ -d "migrations/$data_set" ]; then migrations="migrations/$data_set"
+  fi
+  rm -rf "$dest/migrations.tmp"
+  if [ -n "$migrations" ]; then
+    cp -r "$migrations" "$dest/migrations.tmp"
+    rm -rf "$dest/migrations" && mv "$dest/migrations.tmp" "$dest/migrations"
+  fi
 }
 for p in "${deployed[@]}"; do lay_out "plugins/$p" "$p" target/plugins; done
 for p in "${testing[@]}"; do lay_out "plugins/testing/$p" "$p" target/test-plugins; done

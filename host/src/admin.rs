@@ -9,11 +9,10 @@
 use http::{HeaderMap, Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use crate::bindings::plinth::plugin::sql::Value as SqlValue;
+use crate::authn::require_superuser;
 use crate::error::{ApiError, Body, ValidationIssue, json_response};
-use crate::pipeline::{AppState, authenticate};
-use crate::plugins::manifest::AuthPolicy;
 use crate::plugins::{LoadedPlugin, ReloadError};
+use crate::state::AppState;
 
 pub async fn handle(
     state: &AppState,
@@ -31,7 +30,7 @@ pub async fn handle(
             if method != Method::GET && method != Method::HEAD {
                 return Err(allow(&["GET", "HEAD"]));
             }
-            require_superuser(state, headers).await?;
+            require_superuser(&state.capabilities, &state.accounts_data_set, headers).await?;
             let table = registry.snapshot();
             let entries: Vec<Value> = table
                 .plugins()
@@ -44,7 +43,7 @@ pub async fn handle(
             if method != Method::POST {
                 return Err(allow(&["POST"]));
             }
-            require_superuser(state, headers).await?;
+            require_superuser(&state.capabilities, &state.accounts_data_set, headers).await?;
             match registry.reload(name).await {
                 Ok(plugin) => Ok(json_response(StatusCode::OK, &describe(&plugin, None))),
                 Err(ReloadError::Unknown(_)) => Err(ApiError::NotFound),
@@ -79,39 +78,8 @@ fn describe(plugin: &LoadedPlugin, last_error: Option<String>) -> Value {
         "state": "active",
         "last_error": last_error,
         "capabilities": plugin.manifest.capabilities,
+        "data_set": plugin.component.capabilities.data_set(),
         "limits": plugin.manifest.limits,
         "counters": plugin.component.counters.snapshot(),
     })
-}
-
-/// A valid bearer access token (checked as for any `auth = "required"` route) of an
-/// active superuser; 401 / 403 otherwise.
-async fn require_superuser(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let principal = authenticate(state, AuthPolicy::Required, headers)
-        .await?
-        .ok_or(ApiError::NotAuthenticated)?;
-    let id: i64 = principal
-        .subject
-        .parse()
-        .map_err(|_| ApiError::NotAuthenticated)?;
-    let rows = state
-        .capabilities
-        .database
-        .query(
-            "SELECT is_active, is_superuser FROM users WHERE id = $1",
-            vec![SqlValue::Integer(id)],
-            true,
-        )
-        .await
-        .map_err(|_| ApiError::Unavailable("database".into()))?;
-    let flag = |row: &[SqlValue], i: usize| match row.get(i) {
-        Some(SqlValue::Boolean(b)) => *b,
-        Some(SqlValue::Integer(n)) => *n != 0,
-        _ => false,
-    };
-    match rows.rows.first() {
-        Some(row) if flag(row, 0) && flag(row, 1) => Ok(()),
-        Some(row) if flag(row, 0) => Err(ApiError::Forbidden),
-        _ => Err(ApiError::NotAuthenticated),
-    }
 }

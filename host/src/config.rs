@@ -17,6 +17,12 @@ use crate::middleware::cors::CorsPolicy;
 /// Shortest `JWT_SECRET` accepted (API.md).
 const MIN_SECRET_BYTES: usize = 32;
 
+fn random_secret() -> Vec<u8> {
+    let mut secret = vec![0u8; 64];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
+    secret
+}
+
 /// `development` relaxes nothing about correctness; `production` refuses insecure defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppEnv {
@@ -47,6 +53,10 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
     pub sql: SqlConfig,
+    /// The operator policy file (`PLUGINS_POLICY`); `None`: the development default.
+    pub plugins_policy: Option<PathBuf>,
+    /// The data set holding the `users` table the admin API and the first superuser use.
+    pub accounts_data_set: String,
     /// `None`: the in-process key-value store. (May carry a password.)
     pub redis_url: Option<Redacted<String>>,
     /// Prefix of every key the host writes to the key-value store (several deployments,
@@ -100,11 +110,34 @@ impl Config {
         let max_body_bytes = parse_or(&get, "MAX_BODY_BYTES", 1024 * 1024)?;
         let shutdown_grace = Duration::from_secs(parse_or(&get, "SHUTDOWN_GRACE_SECONDS", 30)?);
 
+        let database_url =
+            get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/plinth.db".to_owned());
+        let role_secret = match get("DATABASE_ROLE_SECRET") {
+            Some(secret) => {
+                ensure!(
+                    secret.len() >= MIN_SECRET_BYTES,
+                    "DATABASE_ROLE_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+                );
+                secret.into_bytes()
+            }
+            None => {
+                ensure!(
+                    app_env != AppEnv::Production || !database_url.starts_with("postgres"),
+                    "DATABASE_ROLE_SECRET is required when APP_ENV=production on PostgreSQL"
+                );
+                random_secret()
+            }
+        };
         let sql = SqlConfig {
-            url: get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/plinth.db".to_owned()),
+            url: database_url,
             read_url: get("DATABASE_READ_URL"),
             max_connections: parse_or(&get, "DATABASE_MAX_CONNECTIONS", 16)?,
+            ephemeral_role_secret: get("DATABASE_ROLE_SECRET").is_none(),
+            role_secret,
         };
+        let accounts_data_set = get("ACCOUNTS_DATA_SET").unwrap_or_else(|| "accounts".to_owned());
+        crate::capabilities::grants::check_data_set_name(&accounts_data_set)
+            .context("ACCOUNTS_DATA_SET")?;
         let secret = match get("JWT_SECRET") {
             Some(secret) => {
                 ensure!(
@@ -118,9 +151,7 @@ impl Config {
                     app_env != AppEnv::Production,
                     "JWT_SECRET is required when APP_ENV=production"
                 );
-                let mut secret = vec![0u8; 64];
-                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
-                secret
+                random_secret()
             }
         };
         let tokens = TokenConfig {
@@ -188,6 +219,8 @@ impl Config {
             max_body_bytes,
             shutdown_grace,
             sql,
+            plugins_policy: get("PLUGINS_POLICY").map(PathBuf::from),
+            accounts_data_set,
             redis_url: get("REDIS_URL").map(Redacted),
             key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "plinth".to_owned()),
             tokens,

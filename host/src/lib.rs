@@ -28,6 +28,7 @@
 //!   that need secrets run in the host.
 
 pub mod admin;
+pub mod authn;
 pub mod bindings;
 pub mod bounded;
 pub mod capabilities;
@@ -38,6 +39,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod request_id;
 pub mod server;
+pub mod state;
 pub mod telemetry;
 
 pub use config::Config;

@@ -31,29 +31,16 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::admin;
+use crate::authn;
 use crate::bindings;
-use crate::bindings::plinth::plugin::tokens::TokenKind;
 use crate::capabilities::Capabilities;
-use crate::capabilities::tokens::TokenError;
 use crate::error::{ApiError, Body, json_response};
-use crate::middleware::cors::CorsPolicy;
-use crate::middleware::rate_limit::{RateLimiter, client_ip};
-use crate::plugins::Registry;
-use crate::plugins::manifest::{AuthPolicy, RateLimitClass};
+use crate::middleware::rate_limit::client_ip;
+use crate::plugins::manifest::RateLimitClass;
 use crate::plugins::routes::RouteMatch;
 use crate::plugins::runtime::PluginFailure;
 use crate::request_id;
-
-/// What every request needs, shared by all connections.
-#[derive(Debug)]
-pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub capabilities: Arc<Capabilities>,
-    pub rate_limiter: RateLimiter,
-    pub cors: Option<CorsPolicy>,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    pub max_body_bytes: usize,
-}
+pub use crate::state::AppState;
 
 /// What the access log line says about where a request went.
 #[derive(Debug, Default)]
@@ -195,7 +182,7 @@ async fn serve(
     )
     .await?;
 
-    let principal = authenticate(state, target.auth, &parts.headers).await?;
+    let principal = authn::authenticate(&state.capabilities, target.auth, &parts.headers).await?;
 
     let guest_request = bindings::Request {
         // HEAD is served by the GET route: the plugin sees GET, hyper sends no body.
@@ -250,7 +237,7 @@ async fn platform_endpoint(
 
 /// Ready when the database (and Redis, when configured) answer.
 async fn readiness(capabilities: &Capabilities) -> Result<Response<Body>, ApiError> {
-    if let Err(cause) = capabilities.database.ping().await {
+    if let Err(cause) = capabilities.sql.ping().await {
         tracing::warn!(%cause, "not ready: database");
         return Err(ApiError::NotReady("database".into()));
     }
@@ -267,50 +254,6 @@ async fn readiness(capabilities: &Capabilities) -> Result<Response<Body>, ApiErr
         StatusCode::OK,
         &serde_json::json!({"status": "ready", "database": "ok", "kv": kv}),
     ))
-}
-
-/// The token of an `Authorization: Bearer <token>` header.
-fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .filter(|t| !t.is_empty())
-}
-
-/// Applies the route's auth policy: a verified bearer access token becomes the principal.
-/// `required` answers 401 without one; `optional` ignores a missing or unusable one.
-pub(crate) async fn authenticate(
-    state: &AppState,
-    policy: AuthPolicy,
-    headers: &http::HeaderMap,
-) -> Result<Option<bindings::Principal>, ApiError> {
-    if policy == AuthPolicy::None {
-        return Ok(None);
-    }
-    let verified = match bearer_token(headers) {
-        Some(token) => {
-            state
-                .capabilities
-                .tokens
-                .verify(token, TokenKind::Access)
-                .await
-        }
-        None => Err(TokenError::Invalid),
-    };
-    match (verified, policy) {
-        (Ok(claims), _) => Ok(Some(bindings::Principal {
-            subject: claims.subject,
-            token_id: claims.token_id,
-            expires_at: claims.expires_at,
-        })),
-        (Err(TokenError::Unavailable), _) => Err(ApiError::Unavailable("token state store".into())),
-        (Err(_), AuthPolicy::Required) => Err(ApiError::NotAuthenticated),
-        (Err(_), _) => Ok(None),
-    }
 }
 
 /// How much of a too-large body is read and thrown away so the client finishes sending and

@@ -15,8 +15,9 @@ use tokio::net::TcpListener;
 use crate::capabilities::{self, Capabilities};
 use crate::config::Config;
 use crate::middleware::rate_limit::RateLimiter;
-use crate::pipeline::{self, AppState};
+use crate::pipeline;
 use crate::plugins::{self, Registry, runtime::PluginEngine};
+use crate::state::AppState;
 
 /// A built host: plugins loaded, socket bound, not yet serving.
 ///
@@ -39,10 +40,18 @@ impl Application {
                  not survive a restart nor be accepted by other instances"
             );
         }
-        let capabilities = Arc::new(Capabilities::connect(&config).await?);
-        if let Some(user) = &config.first_superuser {
-            capabilities::bootstrap::ensure_first_superuser(&capabilities, user).await?;
+        if config.sql.ephemeral_role_secret && config.sql.url.starts_with("postgres") {
+            tracing::warn!(
+                "DATABASE_ROLE_SECRET is not set: the data set roles get passwords random to \
+                 this process; other hosts sharing the database cannot connect as them"
+            );
         }
+        let capabilities = Arc::new(Capabilities::connect(&config).await?);
+        tracing::info!(
+            policy = capabilities.policy.source(),
+            grants = %capabilities.policy.summary(),
+            "operator policy"
+        );
         let loading = std::time::Instant::now();
         let engine = PluginEngine::new(config.plugin_cache_dir.as_deref())?;
         let table = plugins::load_all(&engine, &capabilities, &config.plugins_dir).await?;
@@ -55,6 +64,15 @@ impl Application {
             compiled = stats.map(|s| s.compiled),
             "plugins ready"
         );
+        // After the plugins: their migrations make the accounts data set's tables.
+        if let Some(user) = &config.first_superuser {
+            capabilities::bootstrap::ensure_first_superuser(
+                &capabilities,
+                &config.accounts_data_set,
+                user,
+            )
+            .await?;
+        }
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
@@ -81,6 +99,7 @@ impl Application {
             trusted_proxies: config.trusted_proxies.clone(),
             capabilities,
             max_body_bytes: config.max_body_bytes,
+            accounts_data_set: config.accounts_data_set.clone(),
         });
         Ok(Self {
             listener,

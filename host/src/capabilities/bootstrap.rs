@@ -1,4 +1,6 @@
-//! Start-up data: the first superuser (`FIRST_SUPERUSER_*`), created when absent.
+//! Start-up data: the first superuser (`FIRST_SUPERUSER_*`), created when absent in the
+//! accounts data set (the one the `auth` and `users` plugins share, `ACCOUNTS_DATA_SET`),
+//! once their migrations have made its `users` table.
 
 use chrono::Utc;
 
@@ -28,10 +30,17 @@ impl std::fmt::Debug for FirstSuperuser {
 /// the unique index lets exactly one insert win.
 pub async fn ensure_first_superuser(
     capabilities: &Capabilities,
+    accounts: &str,
     user: &FirstSuperuser,
 ) -> anyhow::Result<()> {
     let email = user.email.trim().to_lowercase();
-    let db = &capabilities.database;
+    let Some(db) = capabilities.sql.existing(accounts).await else {
+        tracing::warn!(
+            data_set = accounts,
+            "no plugin uses the accounts data set: the first superuser was not created"
+        );
+        return Ok(());
+    };
     let existing = db
         .query(
             "SELECT id FROM users WHERE lower(email) = $1",

@@ -11,11 +11,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::aio::ConnectionManager;
+use wasmtime::component::{HasSelf, Linker};
 
-use crate::bindings::plinth::plugin::kv::{Error, Host};
-use crate::plugins::runtime::InstanceState;
+use super::{CapabilityView, Descriptor};
+use crate::bindings::plinth::plugin::kv::{self as wit, Error};
 
-pub const INTERFACE: &str = "kv";
+pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
+    Descriptor {
+        interface: "kv",
+        granted: |grants| grants.kv,
+        link: |linker: &mut Linker<T>| {
+            wit::add_to_linker::<T, HasSelf<KvInstance>>(linker, |state| {
+                &mut state.capabilities().kv
+            })
+        },
+    }
+}
 
 /// Longest key and value a plugin may store.
 const MAX_KEY_BYTES: usize = 512;
@@ -356,19 +367,54 @@ fn check_value(value: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-impl InstanceState {
-    fn kv_key(&self, key: &str) -> String {
-        plugin_key(&self.capabilities.key_prefix, &self.plugin_name, key)
+/// A plugin's namespace in the store.
+#[derive(Debug, Clone)]
+pub struct PluginKv {
+    store: KvStore,
+    /// `<prefix>:kv:<plugin>:`; plugin names cannot contain `:`.
+    namespace: Arc<str>,
+}
+
+impl PluginKv {
+    pub fn new(store: KvStore, key_prefix: &str, plugin: &str) -> Self {
+        Self {
+            store,
+            namespace: Arc::from(plugin_key(key_prefix, plugin, "")),
+        }
+    }
+
+    fn key(&self, key: &str) -> Result<String, Error> {
+        check_key(key)?;
+        Ok(format!("{}{key}", self.namespace))
     }
 }
 
-impl Host for InstanceState {
+/// A request's view of `kv`: the plugin's namespace.
+#[derive(Debug)]
+pub struct KvInstance {
+    kv: Option<PluginKv>,
+}
+
+impl KvInstance {
+    pub fn new(kv: Option<PluginKv>) -> Self {
+        Self { kv }
+    }
+
+    fn kv(&self) -> wasmtime::Result<&PluginKv> {
+        // Unreachable for a plugin: `kv` is linked only when granted.
+        self.kv
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("kv called without the grant"))
+    }
+}
+
+impl wit::Host for KvInstance {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        let key = self.kv_key(&key);
-        Ok(self.capabilities.kv.get(&key).await.map_err(Error::from))
+        let kv = self.kv()?;
+        Ok(match kv.key(&key) {
+            Ok(key) => kv.store.get(&key).await.map_err(Error::from),
+            Err(e) => Err(e),
+        })
     }
 
     async fn set(
@@ -377,17 +423,13 @@ impl Host for InstanceState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        if let Err(e) = check_key(&key).and(check_value(&value)) {
-            return Ok(Err(e));
-        }
-        let key = self.kv_key(&key);
+        let kv = self.kv()?;
+        let key = match check_value(&value).and_then(|()| kv.key(&key)) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
+        };
         let ttl = ttl_ms.map(Duration::from_millis);
-        Ok(self
-            .capabilities
-            .kv
-            .set(&key, &value, ttl)
-            .await
-            .map_err(Error::from))
+        Ok(kv.store.set(&key, &value, ttl).await.map_err(Error::from))
     }
 
     async fn set_if_absent(
@@ -396,25 +438,25 @@ impl Host for InstanceState {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        if let Err(e) = check_key(&key).and(check_value(&value)) {
-            return Ok(Err(e));
-        }
-        let key = self.kv_key(&key);
+        let kv = self.kv()?;
+        let key = match check_value(&value).and_then(|()| kv.key(&key)) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
+        };
         let ttl = ttl_ms.map(Duration::from_millis);
-        Ok(self
-            .capabilities
-            .kv
+        Ok(kv
+            .store
             .set_if_absent(&key, &value, ttl)
             .await
             .map_err(Error::from))
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        let key = self.kv_key(&key);
-        Ok(self.capabilities.kv.delete(&key).await.map_err(Error::from))
+        let kv = self.kv()?;
+        Ok(match kv.key(&key) {
+            Ok(key) => kv.store.delete(&key).await.map_err(Error::from),
+            Err(e) => Err(e),
+        })
     }
 
     async fn increment(
@@ -423,14 +465,14 @@ impl Host for InstanceState {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<i64, Error>> {
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        let key = self.kv_key(&key);
+        let kv = self.kv()?;
+        let key = match kv.key(&key) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(e)),
+        };
         let ttl = ttl_ms.map(Duration::from_millis);
-        Ok(self
-            .capabilities
-            .kv
+        Ok(kv
+            .store
             .increment(&key, delta, ttl)
             .await
             .map_err(Error::from))

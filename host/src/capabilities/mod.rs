@@ -1,41 +1,65 @@
-//! Capabilities: what a plugin may ask of the host, one module per WIT interface.
+//! Capabilities: what a plugin may ask of the host, one self-contained unit per WIT
+//! interface.
 //!
-//! Each module owns its configuration, its shared state and its WIT `Host` impl:
-//! [`log`], [`sql`] (sqlx: SQLite or PostgreSQL), [`kv`] (in-process or Redis), [`tokens`]
-//! (JWTs; the key stays here), [`passwords`] (argon2id on a bounded blocking pool). Only
-//! these modules touch sqlx, redis or secrets.
+//! Each unit (module) owns
+//! - its configuration section and its shared service ([`sql::SqlService`],
+//!   [`kv::KvStore`], [`tokens::TokenService`], [`passwords::PasswordService`]);
+//! - its per-instance state, which implements the WIT `Host` trait (e.g.
+//!   [`sql::SqlInstance`]); a store's data reaches it through [`CapabilityView`], the way
+//!   wasmtime's `WasiView` projects WASI's state;
+//! - one [`Descriptor`]: its WIT interface name, whether a [`Grants`] set grants it, and
+//!   how to link it. The import check at load time and the linker are both derived from
+//!   [`descriptors`], so they cannot disagree.
 //!
-//! [`link_granted`] links exactly what a manifest grants; a component importing anything
-//! else is refused at load time (see `plugins::LoadedPlugin::load`).
+//! The flow: at start-up [`Capabilities::connect`] opens the shared services; when a
+//! plugin version is prepared, [`Capabilities::for_plugin`] checks its grants against the
+//! operator [`policy`], prepares its data set (migrations included) and returns its
+//! [`PluginCapabilities`]; per request, [`PluginCapabilities::instance`] makes the
+//! [`InstanceCapabilities`] the store holds.
+//!
+//! Adding a capability: a module with those three parts, a line in [`descriptors`], a
+//! field in each of the three structs below, and its WIT interface. Only these modules
+//! touch sqlx, redis, the JWT key or password hashing.
 
 pub mod bootstrap;
+pub mod grants;
 pub mod kv;
 pub mod log;
 pub mod passwords;
+pub mod policy;
 pub mod sql;
 pub mod tokens;
 
-use wasmtime::component::{HasSelf, Linker};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::bindings::plinth::plugin as wit;
+use anyhow::Context;
+use wasmtime::component::Linker;
+
+pub use grants::{Grants, TokenOperation};
+
 use crate::config::Config;
-use crate::plugins::manifest::Grants;
-use crate::plugins::runtime::InstanceState;
 
 /// The host services behind the capability interfaces, shared by every instance.
 #[derive(Debug)]
 pub struct Capabilities {
-    pub database: sql::Database,
+    pub sql: sql::SqlService,
     pub kv: kv::KvStore,
-    pub tokens: tokens::TokenService,
-    pub passwords: passwords::PasswordService,
+    pub tokens: Arc<tokens::TokenService>,
+    pub passwords: Arc<passwords::PasswordService>,
+    pub policy: policy::Policy,
     /// Prefix of every key the host writes to the key-value store.
     pub key_prefix: String,
 }
 
 impl Capabilities {
     pub async fn connect(config: &Config) -> anyhow::Result<Self> {
-        let database = sql::Database::connect(&config.sql).await?;
+        let policy = policy::Policy::load(
+            config.plugins_policy.as_deref(),
+            config.app_env == crate::config::AppEnv::Production,
+        )?;
+        let sql = sql::SqlService::connect(&config.sql).await?;
         let kv = kv::KvStore::connect(config.redis_url.as_ref().map(|url| url.0.as_str())).await?;
         let tokens = tokens::TokenService::new(&config.tokens, kv.clone(), &config.key_prefix);
         // Leave a core for serving requests: a login flood must not stall everything else.
@@ -43,47 +67,146 @@ impl Capabilities {
         let passwords =
             passwords::PasswordService::new(cores.saturating_sub(1).max(1), 256).await?;
         Ok(Self {
-            database,
+            sql,
             kv,
-            tokens,
-            passwords,
+            tokens: Arc::new(tokens),
+            passwords: Arc::new(passwords),
+            policy,
             key_prefix: config.key_prefix.clone(),
+        })
+    }
+
+    /// Everything plugin `plugin` (in `dir`) may use, prepared off the request path: its
+    /// grants are checked against the policy, and its data set is provisioned and migrated
+    /// with the plugin's migrations. An error refuses this version of the plugin.
+    pub async fn for_plugin(
+        &self,
+        plugin: &str,
+        dir: &Path,
+        grants: &Grants,
+        timeout: Duration,
+    ) -> anyhow::Result<PluginCapabilities> {
+        self.policy.check(plugin, grants)?;
+        let dialect = self.sql.dialect();
+        let migrations = {
+            let dir = dir.to_path_buf();
+            tokio::task::spawn_blocking(move || sql::migrations::read(&dir, dialect)).await??
+        };
+        let data_set = match grants.data_set() {
+            Some(data_set) => Some(
+                self.sql
+                    .prepare(data_set, plugin, &migrations, timeout)
+                    .await?,
+            ),
+            None if !migrations.is_empty() => anyhow::bail!(
+                "it ships migrations/{dialect}, but its manifest asks for no data set (`sql`)"
+            ),
+            None => None,
+        };
+        let plugin_name: Arc<str> = Arc::from(plugin);
+        Ok(PluginCapabilities {
+            log: log::PluginLog::new(plugin_name.clone()),
+            sql: data_set,
+            kv: grants
+                .kv
+                .then(|| kv::PluginKv::new(self.kv.clone(), &self.key_prefix, plugin)),
+            tokens: (!grants.tokens.is_empty())
+                .then(|| tokens::PluginTokens::new(self.tokens.clone(), grants.tokens.clone())),
+            passwords: grants.passwords.then(|| self.passwords.clone()),
         })
     }
 }
 
-/// The `plinth:plugin` interfaces a manifest's grants allow a component to import.
-pub fn granted_interfaces(grants: &Grants) -> Vec<&'static str> {
-    let mut interfaces = vec![log::INTERFACE];
-    if grants.sql {
-        interfaces.push(sql::INTERFACE);
-    }
-    if grants.kv {
-        interfaces.push(kv::INTERFACE);
-    }
-    if !grants.tokens.is_empty() {
-        interfaces.push(tokens::INTERFACE);
-    }
-    if grants.passwords {
-        interfaces.push(passwords::INTERFACE);
-    }
-    interfaces
+/// What one plugin version may use, prepared when it was loaded.
+#[derive(Debug)]
+pub struct PluginCapabilities {
+    log: log::PluginLog,
+    sql: Option<Arc<sql::DataSet>>,
+    kv: Option<kv::PluginKv>,
+    tokens: Option<tokens::PluginTokens>,
+    passwords: Option<Arc<passwords::PasswordService>>,
 }
 
-/// Adds the granted capability interfaces to `linker`; nothing else is linked.
-pub fn link_granted(linker: &mut Linker<InstanceState>, grants: &Grants) -> anyhow::Result<()> {
-    wit::log::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
-    if grants.sql {
-        wit::sql::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+impl PluginCapabilities {
+    /// The data set this plugin's SQL runs in, if it has one.
+    pub fn data_set(&self) -> Option<&str> {
+        self.sql.as_deref().map(sql::DataSet::name)
     }
-    if grants.kv {
-        wit::kv::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+
+    /// The state of one request's instance: cheap (a few reference counts).
+    pub fn instance(&self, request_id: Arc<str>) -> InstanceCapabilities {
+        InstanceCapabilities {
+            log: self.log.instance(request_id),
+            sql: sql::SqlInstance::new(self.sql.clone()),
+            kv: kv::KvInstance::new(self.kv.clone()),
+            tokens: tokens::TokensInstance::new(self.tokens.clone()),
+            passwords: passwords::PasswordsInstance::new(self.passwords.clone()),
+        }
     }
-    if !grants.tokens.is_empty() {
-        wit::tokens::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+}
+
+/// One request's capability state, held in its store.
+#[derive(Debug)]
+pub struct InstanceCapabilities {
+    pub log: log::LogInstance,
+    pub sql: sql::SqlInstance,
+    pub kv: kv::KvInstance,
+    pub tokens: tokens::TokensInstance,
+    pub passwords: passwords::PasswordsInstance,
+}
+
+/// Store data that holds an [`InstanceCapabilities`] (the runtime's `InstanceState`).
+pub trait CapabilityView: Send + 'static {
+    fn capabilities(&mut self) -> &mut InstanceCapabilities;
+}
+
+/// One capability interface: its name, when it is granted, how it is linked.
+pub struct Descriptor<T: 'static> {
+    /// The interface name in `plinth:plugin`, e.g. `sql`.
+    pub interface: &'static str,
+    pub granted: fn(&Grants) -> bool,
+    pub link: fn(&mut Linker<T>) -> wasmtime::Result<()>,
+}
+
+impl<T> std::fmt::Debug for Descriptor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Descriptor")
+            .field("interface", &self.interface)
+            .finish_non_exhaustive()
     }
-    if grants.passwords {
-        wit::passwords::add_to_linker::<_, HasSelf<_>>(linker, |s| s)?;
+}
+
+/// Every capability interface the host provides.
+pub fn descriptors<T: CapabilityView>() -> [Descriptor<T>; 5] {
+    [
+        log::descriptor(),
+        sql::descriptor(),
+        kv::descriptor(),
+        tokens::descriptor(),
+        passwords::descriptor(),
+    ]
+}
+
+/// The interfaces `grants` allow a component to import.
+pub fn granted_interfaces<T: CapabilityView>(grants: &Grants) -> Vec<&'static str> {
+    descriptors::<T>()
+        .iter()
+        .filter(|d| (d.granted)(grants))
+        .map(|d| d.interface)
+        .collect()
+}
+
+/// Adds the granted interfaces to `linker`; nothing else is linked.
+pub fn link_granted<T: CapabilityView>(
+    linker: &mut Linker<T>,
+    grants: &Grants,
+) -> anyhow::Result<()> {
+    for descriptor in descriptors::<T>() {
+        if (descriptor.granted)(grants) {
+            (descriptor.link)(linker)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("linking `{}`", descriptor.interface))?;
+        }
     }
     Ok(())
 }

@@ -9,11 +9,25 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 
-use crate::bindings::plinth::plugin::passwords::{Error, Host};
-use crate::bounded::BoundedSemaphore;
-use crate::plugins::runtime::InstanceState;
+use std::sync::Arc;
 
-pub const INTERFACE: &str = "passwords";
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{CapabilityView, Descriptor};
+use crate::bindings::plinth::plugin::passwords::{self as wit, Error};
+use crate::bounded::BoundedSemaphore;
+
+pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
+    Descriptor {
+        interface: "passwords",
+        granted: |grants| grants.passwords,
+        link: |linker: &mut Linker<T>| {
+            wit::add_to_linker::<T, HasSelf<PasswordsInstance>>(linker, |state| {
+                &mut state.capabilities().passwords
+            })
+        },
+    }
+}
 
 /// The parameters new hashes get (API.md: at least m=19456 KiB, t=2, p=1).
 const MEMORY_KIB: u32 = 19_456;
@@ -124,9 +138,28 @@ fn check_parameters(hash: &str) -> Result<(), Error> {
     Ok(())
 }
 
-impl Host for InstanceState {
+/// A request's view of `passwords`: the shared hashing service.
+#[derive(Debug)]
+pub struct PasswordsInstance {
+    service: Option<Arc<PasswordService>>,
+}
+
+impl PasswordsInstance {
+    pub fn new(service: Option<Arc<PasswordService>>) -> Self {
+        Self { service }
+    }
+
+    fn service(&self) -> wasmtime::Result<&PasswordService> {
+        // Unreachable for a plugin: `passwords` is linked only when granted.
+        self.service
+            .as_deref()
+            .ok_or_else(|| wasmtime::Error::msg("passwords called without the grant"))
+    }
+}
+
+impl wit::Host for PasswordsInstance {
     async fn hash(&mut self, password: String) -> wasmtime::Result<Result<String, Error>> {
-        Ok(self.capabilities.passwords.hash(password).await)
+        Ok(self.service()?.hash(password).await)
     }
 
     async fn verify(
@@ -134,7 +167,7 @@ impl Host for InstanceState {
         password: String,
         hash: Option<String>,
     ) -> wasmtime::Result<Result<bool, Error>> {
-        Ok(self.capabilities.passwords.verify(password, hash).await)
+        Ok(self.service()?.verify(password, hash).await)
     }
 }
 

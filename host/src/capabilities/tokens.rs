@@ -16,12 +16,26 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::kv::{KvError, KvStore};
-use crate::bindings::plinth::plugin::tokens::{Claims, Error, Host, Issued, TokenKind};
-use crate::plugins::manifest::TokenOperation;
-use crate::plugins::runtime::InstanceState;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
-pub const INTERFACE: &str = "tokens";
+use wasmtime::component::{HasSelf, Linker};
+
+use super::kv::{KvError, KvStore};
+use super::{CapabilityView, Descriptor, TokenOperation};
+use crate::bindings::plinth::plugin::tokens::{self as wit, Claims, Error, Issued, TokenKind};
+
+pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
+    Descriptor {
+        interface: "tokens",
+        granted: |grants| !grants.tokens.is_empty(),
+        link: |linker: &mut Linker<T>| {
+            wit::add_to_linker::<T, HasSelf<TokensInstance>>(linker, |state| {
+                &mut state.capabilities().tokens
+            })
+        },
+    }
+}
 
 const ISSUER: &str = "plinth";
 const AUDIENCE: &str = "plinth-api";
@@ -268,26 +282,52 @@ fn issued_at_ms(claims: &JwtClaims) -> u64 {
         .unwrap_or(claims.iat * 1000)
 }
 
-impl InstanceState {
-    fn may(&self, operation: TokenOperation) -> bool {
-        self.grants.tokens.contains(&operation)
+/// The token operations one plugin holds.
+#[derive(Debug, Clone)]
+pub struct PluginTokens {
+    service: Arc<TokenService>,
+    operations: Arc<BTreeSet<TokenOperation>>,
+}
+
+impl PluginTokens {
+    pub fn new(service: Arc<TokenService>, operations: BTreeSet<TokenOperation>) -> Self {
+        Self {
+            service,
+            operations: Arc::new(operations),
+        }
     }
 }
 
-impl Host for InstanceState {
+/// A request's view of `tokens`: the service, and which operations the plugin holds.
+#[derive(Debug)]
+pub struct TokensInstance {
+    tokens: Option<PluginTokens>,
+}
+
+impl TokensInstance {
+    pub fn new(tokens: Option<PluginTokens>) -> Self {
+        Self { tokens }
+    }
+
+    /// The service, if the plugin holds `operation`.
+    fn may(&self, operation: TokenOperation) -> Option<&TokenService> {
+        self.tokens
+            .as_ref()
+            .filter(|t| t.operations.contains(&operation))
+            .map(|t| &*t.service)
+    }
+}
+
+impl wit::Host for TokensInstance {
     async fn issue(
         &mut self,
         subject: String,
         kind: TokenKind,
     ) -> wasmtime::Result<Result<Issued, Error>> {
-        if !self.may(TokenOperation::Issue) {
+        let Some(service) = self.may(TokenOperation::Issue) else {
             return Ok(Err(Error::NotPermitted));
-        }
-        Ok(self
-            .capabilities
-            .tokens
-            .issue(&subject, kind)
-            .map_err(Error::from))
+        };
+        Ok(service.issue(&subject, kind).map_err(Error::from))
     }
 
     async fn verify(
@@ -295,15 +335,10 @@ impl Host for InstanceState {
         token: String,
         kind: TokenKind,
     ) -> wasmtime::Result<Result<Claims, Error>> {
-        if !self.may(TokenOperation::Verify) {
+        let Some(service) = self.may(TokenOperation::Verify) else {
             return Ok(Err(Error::NotPermitted));
-        }
-        Ok(self
-            .capabilities
-            .tokens
-            .verify(&token, kind)
-            .await
-            .map_err(Error::from))
+        };
+        Ok(service.verify(&token, kind).await.map_err(Error::from))
     }
 
     async fn revoke(
@@ -311,12 +346,10 @@ impl Host for InstanceState {
         token_id: String,
         expires_at: u64,
     ) -> wasmtime::Result<Result<(), Error>> {
-        if !self.may(TokenOperation::Revoke) {
+        let Some(service) = self.may(TokenOperation::Revoke) else {
             return Ok(Err(Error::NotPermitted));
-        }
-        Ok(self
-            .capabilities
-            .tokens
+        };
+        Ok(service
             .revoke(&token_id, expires_at)
             .await
             .map_err(Error::from))
@@ -327,12 +360,10 @@ impl Host for InstanceState {
         subject: String,
         kind: TokenKind,
     ) -> wasmtime::Result<Result<(), Error>> {
-        if !self.may(TokenOperation::Revoke) {
+        let Some(service) = self.may(TokenOperation::Revoke) else {
             return Ok(Err(Error::NotPermitted));
-        }
-        Ok(self
-            .capabilities
-            .tokens
+        };
+        Ok(service
             .revoke_subject(&subject, kind)
             .await
             .map_err(Error::from))

@@ -11,6 +11,8 @@ use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+pub use crate::capabilities::Grants;
+
 /// Paths the host serves itself; no plugin may claim them.
 const RESERVED_PREFIXES: [&str; 3] = ["/health", "/ready", "/admin"];
 
@@ -70,28 +72,6 @@ pub enum AuthPolicy {
     Optional,
     /// A valid bearer access token is needed, else 401 before the plugin runs.
     Required,
-}
-
-/// Capability grants: each capability interface is linked for the plugin only if granted.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Grants {
-    #[serde(default)]
-    pub sql: bool,
-    #[serde(default)]
-    pub kv: bool,
-    #[serde(default)]
-    pub tokens: BTreeSet<TokenOperation>,
-    #[serde(default)]
-    pub passwords: bool,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenOperation {
-    Issue,
-    Verify,
-    Revoke,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -198,8 +178,9 @@ impl Manifest {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        let manifest: Self = toml::from_str(text)?;
+        let mut manifest: Self = toml::from_str(text)?;
         manifest.validate()?;
+        manifest.capabilities.resolve(&manifest.name)?;
         Ok(manifest)
     }
 

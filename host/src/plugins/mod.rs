@@ -1,10 +1,12 @@
 //! Plugins: manifests, compilation and linking, the route table, and the registry that
 //! serves the current table.
 //!
-//! Loading a plugin is: read `plugin.toml` → read the component and hash it → compile →
-//! check its imports against its grants → link only the granted capabilities →
-//! `instantiate_pre` → instantiate once (smoke test). All of it happens off the request path; the request path only ever
-//! instantiates a ready [`runtime::ReadyComponent`].
+//! Loading a plugin is: read `plugin.toml` → check its grants against the operator policy →
+//! read the component and hash it → compile → check its imports against its grants → link
+//! only the granted capabilities → `instantiate_pre` → prepare its capabilities (its data
+//! set, with the plugin's pending migrations applied) → instantiate once (smoke test). All
+//! of it happens off the request path; the request path only ever instantiates a ready
+//! [`runtime::ReadyComponent`].
 
 pub mod guest_output;
 pub mod manifest;
@@ -75,6 +77,11 @@ impl LoadedPlugin {
             manifest_path,
             component_path,
         } = Manifest::load(dir)?;
+        // Before any work: a manifest asking beyond the operator's policy is refused.
+        capabilities
+            .policy
+            .check(&manifest.name, &manifest.capabilities)
+            .with_context(|| format!("{}: grants", manifest_path.display()))?;
         let (bytes, content_hash) = {
             let path = component_path.clone();
             // Reading and hashing megabytes: off the async workers.
@@ -113,6 +120,15 @@ impl LoadedPlugin {
             .and_then(PluginPre::new)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{}: cannot be linked", component_path.display()))?;
+        let plugin_capabilities = capabilities
+            .for_plugin(
+                &manifest.name,
+                dir,
+                &manifest.capabilities,
+                manifest.limits.timeout(),
+            )
+            .await
+            .with_context(|| format!("{}: capabilities", manifest_path.display()))?;
 
         let plugin = Self {
             name: manifest.name.clone(),
@@ -130,8 +146,7 @@ impl LoadedPlugin {
                 slots: engine.slots(),
                 pre,
                 plugin_name: Arc::from(manifest.name.as_str()),
-                grants: Arc::new(manifest.capabilities.clone()),
-                capabilities: capabilities.clone(),
+                capabilities: plugin_capabilities,
                 memory_bytes: manifest.limits.memory_bytes(),
                 timeout: manifest.limits.timeout(),
                 max_response_bytes: manifest.limits.max_response_bytes(),
@@ -166,7 +181,7 @@ fn check_imports(
     component: &Component,
     manifest: &Manifest,
 ) -> anyhow::Result<()> {
-    let granted = capabilities::granted_interfaces(&manifest.capabilities);
+    let granted = capabilities::granted_interfaces::<InstanceState>(&manifest.capabilities);
     for (name, _) in component.component_type().imports(engine.engine()) {
         if name.starts_with("wasi:") {
             continue;

@@ -27,9 +27,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{PluginPre, Request, Response};
 use crate::bounded::{BoundedSemaphore, Refusal};
-use crate::capabilities::Capabilities;
+use crate::capabilities::{CapabilityView, InstanceCapabilities, PluginCapabilities};
 use crate::plugins::guest_output::{GuestOutput, GuestStream};
-use crate::plugins::manifest::{Grants, Limits};
+use crate::plugins::manifest::Limits;
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields. A busy
 /// guest holds a worker thread at most this long before others get a turn. Measured on
@@ -142,22 +142,26 @@ fn spawn_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The data of one request's store: WASI (with nothing granted), limits, and the context
-/// that capability calls need.
+/// The data of one request's store: WASI (with nothing granted), limits, and the state of
+/// the plugin's capabilities for this request.
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    pub plugin_name: Arc<str>,
-    pub grants: Arc<Grants>,
-    pub capabilities: Arc<Capabilities>,
+    capabilities: InstanceCapabilities,
 }
 
 impl std::fmt::Debug for InstanceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InstanceState")
-            .field("plugin_name", &self.plugin_name)
+            .field("capabilities", &self.capabilities)
             .finish_non_exhaustive()
+    }
+}
+
+impl CapabilityView for InstanceState {
+    fn capabilities(&mut self) -> &mut InstanceCapabilities {
+        &mut self.capabilities
     }
 }
 
@@ -263,8 +267,7 @@ pub struct ReadyComponent {
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) pre: PluginPre<InstanceState>,
     pub(crate) plugin_name: Arc<str>,
-    pub(crate) grants: Arc<Grants>,
-    pub(crate) capabilities: Arc<Capabilities>,
+    pub(crate) capabilities: PluginCapabilities,
     pub(crate) memory_bytes: usize,
     pub(crate) timeout: Duration,
     pub(crate) max_response_bytes: usize,
@@ -309,16 +312,24 @@ impl ReadyComponent {
             .map_err(|_| PluginFailure::Overloaded("no instance slot freed in time".into()))?
             .map_err(|_| PluginFailure::Overloaded("instance slots closed".into()))?;
         let mut store = self.new_store(Arc::from(request.request_id.as_str()));
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
+        let run = async {
+            let instance = self
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|err| self.classify(err, true))?;
+            instance
+                .plinth_plugin_handler()
+                .call_handle(&mut store, request)
+                .await
+                .map_err(|err| self.classify(err, false))
+        };
+        // The epoch deadline stops a guest only while its code runs; this one also stops
+        // a guest waiting on the host (a slow statement, the hashing queue, a sleep).
+        // Dropping the call drops the store, and with it any open transaction.
+        let response = tokio::time::timeout(self.timeout, run)
             .await
-            .map_err(|err| self.classify(err, true))?;
-        let response = instance
-            .plinth_plugin_handler()
-            .call_handle(&mut store, request)
-            .await
-            .map_err(|err| self.classify(err, false))?;
+            .map_err(|_| PluginFailure::Timeout(self.timeout))??;
         validate_response(&response, self.max_response_bytes)?;
         Ok(response)
     }
@@ -346,9 +357,7 @@ impl ReadyComponent {
                 .tables(64)
                 .memories(4)
                 .build(),
-            plugin_name: self.plugin_name.clone(),
-            grants: self.grants.clone(),
-            capabilities: self.capabilities.clone(),
+            capabilities: self.capabilities.instance(request_id),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);

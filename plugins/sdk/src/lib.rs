@@ -169,6 +169,11 @@ impl From<sql::Error> for Response {
     fn from(err: sql::Error) -> Self {
         match err {
             sql::Error::Unavailable => Self::unavailable("database"),
+            sql::Error::TimedOut => Self::error(
+                504,
+                "PLUGIN_TIMEOUT",
+                "The request took longer than its time limit",
+            ),
             other => Self::internal(&format!("sql: {other:?}")),
         }
     }

@@ -1,0 +1,1152 @@
+//! `sql`: parameterised statements in the plugin's own **data set**.
+//!
+//! A data set is a namespace of tables that one plugin, or the few plugins the operator
+//! lets share it, own: a schema with its own login roles on PostgreSQL
+//! ([`postgres`]), a database file of its own on SQLite ([`sqlite`]). A plugin reaches
+//! only its data set; the database enforces it (roles, an authorizer), and a lexical
+//! [`guard`] refuses what privileges cannot express (transaction control, session
+//! settings, several statements in one call). Plugins change their schema only through
+//! the [`migrations`] they ship, applied by the host before a version serves; atomic
+//! multi-statement work goes through the `transaction` resource.
+//!
+//! Flow: at load, [`SqlService::prepare`] provisions the data set (once), applies the
+//! plugin's pending migrations and hands back a [`DataSet`] handle with the plugin's
+//! statement timeout; per request, [`SqlInstance`] (the WIT `Host`) runs statements
+//! through it. Errors reach plugins as WIT values: a unique violation is distinguishable
+//! (409), an unreachable database is `unavailable` (503), a statement past its deadline is
+//! `timed-out`, and nothing of the database's own error text that could carry data crosses
+//! the boundary.
+
+pub mod guard;
+pub mod migrations;
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::Executor as _;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Column, Postgres, Row, Sqlite, TypeInfo, ValueRef};
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
+
+use super::{CapabilityView, Descriptor, Grants};
+use crate::bindings::plinth::plugin::sql::{self as wit, BackendKind, Error, Rows, Value};
+
+pub use migrations::Migration;
+
+/// Futures of the database calls are boxed as `Send` where they are made: rustc cannot
+/// otherwise prove sqlx's executor futures `Send` for every lifetime once they are nested
+/// in the server's connection future.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How long a statement waits for a pooled connection before answering `unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Transactions one instance may hold open at once (each holds a connection).
+const MAX_OPEN_TRANSACTIONS: usize = 1;
+
+pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
+    Descriptor {
+        interface: "sql",
+        granted: |grants: &Grants| grants.sql.is_some(),
+        link: |linker: &mut Linker<T>| {
+            wit::add_to_linker::<T, HasSelf<SqlInstance>>(linker, |state| {
+                &mut state.capabilities().sql
+            })
+        },
+    }
+}
+
+/// Database settings from the environment.
+#[derive(Clone)]
+pub struct SqlConfig {
+    pub url: String,
+    pub read_url: Option<String>,
+    /// Connections per data set pool.
+    pub max_connections: u32,
+    /// Derives the passwords of the PostgreSQL data set roles (`DATABASE_ROLE_SECRET`).
+    pub role_secret: Vec<u8>,
+    /// True when `DATABASE_ROLE_SECRET` was unset and the secret is random for this process.
+    pub ephemeral_role_secret: bool,
+}
+
+impl std::fmt::Debug for SqlConfig {
+    // URLs may carry passwords: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlConfig")
+            .field("backend", &backend_name(&self.url))
+            .field("read_replica", &self.read_url.is_some())
+            .field("max_connections", &self.max_connections)
+            .field("role_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+fn backend_name(url: &str) -> &'static str {
+    if url.starts_with("postgres") {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite(sqlite::SqliteBackend),
+    Postgres(postgres::PgBackend),
+}
+
+#[derive(Debug, Clone)]
+enum Pools {
+    Sqlite(sqlite::SqlitePools),
+    Postgres(postgres::PgPools),
+}
+
+/// The database behind every data set: the backend, and the pools opened so far.
+#[derive(Debug)]
+pub struct SqlService {
+    backend: Backend,
+    max_connections: u32,
+    /// Pools by data set (and, on PostgreSQL, statement timeout: it is a connection setting).
+    pools: tokio::sync::Mutex<HashMap<(String, u128), Pools>>,
+    /// Data sets whose namespace exists (provisioned by this process).
+    provisioned: tokio::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl SqlService {
+    /// Connects the backend. On PostgreSQL this reaches the administrative connection and
+    /// closes the database to `PUBLIC`; a database that cannot be reached at start-up stops
+    /// the host with that reason. Once running, an outage answers 503 and the pools
+    /// reconnect by themselves.
+    pub async fn connect(config: &SqlConfig) -> anyhow::Result<Self> {
+        let backend =
+            if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
+                Backend::Postgres(
+                    postgres::PgBackend::connect(
+                        &config.url,
+                        config.read_url.as_deref(),
+                        &config.role_secret,
+                    )
+                    .await?,
+                )
+            } else if config.url.starts_with("sqlite:") {
+                anyhow::ensure!(
+                    config.read_url.is_none(),
+                    "DATABASE_READ_URL is for PostgreSQL read replicas"
+                );
+                Backend::Sqlite(sqlite::SqliteBackend::new(&config.url)?)
+            } else {
+                anyhow::bail!("DATABASE_URL must start with sqlite: or postgres://");
+            };
+        Ok(Self {
+            backend,
+            max_connections: config.max_connections,
+            pools: tokio::sync::Mutex::default(),
+            provisioned: tokio::sync::Mutex::default(),
+        })
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        match self.backend {
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+            Backend::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// The directory name of this backend's migrations in a plugin (`migrations/<dialect>`).
+    pub fn dialect(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Makes `data_set` ready for a plugin version: its namespace exists, `migrations`
+    /// are applied, and its pools are open. Runs off the request path (at start-up and
+    /// when a version is prepared); an error refuses the version.
+    pub fn prepare<'a>(
+        &'a self,
+        data_set: &'a str,
+        plugin: &'a str,
+        migrations: &'a [Migration],
+        statement_timeout: Duration,
+    ) -> BoxFuture<'a, anyhow::Result<Arc<DataSet>>> {
+        Box::pin(async move {
+            {
+                let mut provisioned = self.provisioned.lock().await;
+                if !provisioned.contains(data_set) {
+                    if let Backend::Postgres(pg) = &self.backend {
+                        pg.provision(data_set)
+                            .await
+                            .with_context(|| format!("creating data set `{data_set}`"))?;
+                    }
+                    provisioned.insert(data_set.to_owned());
+                }
+            }
+            let applied = match &self.backend {
+                Backend::Sqlite(sqlite) => sqlite.migrate(data_set, plugin, migrations).await,
+                Backend::Postgres(pg) => pg.migrate(data_set, plugin, migrations).await,
+            }
+            .with_context(|| format!("migrating data set `{data_set}`"))?;
+            if !applied.is_empty() {
+                tracing::info!(data_set, plugin, versions = ?applied, "migrations applied");
+            }
+            let pools = self.pools(data_set, statement_timeout).await?;
+            Ok(Arc::new(DataSet {
+                name: data_set.to_owned(),
+                statement_timeout,
+                pools,
+            }))
+        })
+    }
+
+    async fn pools(&self, data_set: &str, statement_timeout: Duration) -> anyhow::Result<Pools> {
+        let key = match self.backend {
+            Backend::Sqlite(_) => (data_set.to_owned(), 0),
+            Backend::Postgres(_) => (data_set.to_owned(), statement_timeout.as_millis()),
+        };
+        let mut open = self.pools.lock().await;
+        if let Some(pools) = open.get(&key) {
+            return Ok(pools.clone());
+        }
+        let pools = match &self.backend {
+            Backend::Sqlite(sqlite) => {
+                Pools::Sqlite(sqlite.open(data_set, self.max_connections).await?)
+            }
+            Backend::Postgres(pg) => {
+                Pools::Postgres(pg.open(data_set, statement_timeout, self.max_connections))
+            }
+        };
+        open.insert(key, pools.clone());
+        Ok(pools)
+    }
+
+    /// A handle on `data_set` for the host's own use (the admin check and the first
+    /// superuser read the accounts data set), if some plugin prepared it.
+    pub async fn existing(&self, data_set: &str) -> Option<Arc<DataSet>> {
+        let open = self.pools.lock().await;
+        open.iter()
+            .find(|((name, _), _)| name == data_set)
+            .map(|((name, timeout_ms), pools)| {
+                Arc::new(DataSet {
+                    name: name.clone(),
+                    statement_timeout: Duration::from_millis(
+                        (*timeout_ms).try_into().unwrap_or(u64::MAX).max(5_000),
+                    ),
+                    pools: pools.clone(),
+                })
+            })
+    }
+
+    /// Checks that every open pool answers (replicas included); with none open yet, that
+    /// the database does.
+    pub fn ping(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let open: Vec<(String, Pools)> = self
+                .pools
+                .lock()
+                .await
+                .iter()
+                .map(|((name, _), pools)| (name.clone(), pools.clone()))
+                .collect();
+            if open.is_empty()
+                && let Backend::Postgres(pg) = &self.backend
+            {
+                return pg.ping_admin().await.map_err(|e| describe(&e));
+            }
+            for (name, pools) in open {
+                let failed = |what: &str, e: sqlx::Error| {
+                    format!("{what} of data set `{name}`: {}", describe(&e))
+                };
+                match pools {
+                    Pools::Sqlite(p) => {
+                        sqlx::query("SELECT 1")
+                            .execute(&p.serving)
+                            .await
+                            .map_err(|e| failed("database", e))?;
+                    }
+                    Pools::Postgres(p) => {
+                        sqlx::query("SELECT 1")
+                            .execute(&p.primary)
+                            .await
+                            .map_err(|e| failed("primary", e))?;
+                        sqlx::query("SELECT 1")
+                            .execute(&p.read)
+                            .await
+                            .map_err(|e| failed("read replica", e))?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// One data set as a plugin version uses it: its pools and the plugin's statement timeout.
+#[derive(Debug)]
+pub struct DataSet {
+    name: String,
+    statement_timeout: Duration,
+    pools: Pools,
+}
+
+impl DataSet {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> BackendKind {
+        match self.pools {
+            Pools::Sqlite(_) => BackendKind::Sqlite,
+            Pools::Postgres(_) => BackendKind::Postgres,
+        }
+    }
+
+    /// Runs a statement that returns rows; `read_only` ones go to the read replica.
+    pub fn query<'a>(
+        &'a self,
+        statement: &'a str,
+        params: Vec<Value>,
+        read_only: bool,
+    ) -> BoxFuture<'a, Result<Rows, Error>> {
+        Box::pin(async move {
+            guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
+            match &self.pools {
+                Pools::Sqlite(pools) => {
+                    let mut conn = self.sqlite_connection(&pools.serving).await?;
+                    let rows = bind_all_sqlite(sqlx::query(statement), params)
+                        .fetch_all(&mut *conn)
+                        .await
+                        .map_err(into_wit_error)?;
+                    Ok(collect_rows(&rows, sqlite_value))
+                }
+                Pools::Postgres(pools) => {
+                    let pool = if read_only {
+                        &pools.read
+                    } else {
+                        &pools.primary
+                    };
+                    let rows = bind_all_pg(sqlx::query(statement), params)
+                        .fetch_all(pool)
+                        .await
+                        .map_err(into_wit_error)?;
+                    Ok(collect_rows(&rows, pg_value))
+                }
+            }
+        })
+    }
+
+    /// Runs a statement without rows; returns the number of rows affected.
+    pub fn execute<'a>(
+        &'a self,
+        statement: &'a str,
+        params: Vec<Value>,
+    ) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async move {
+            guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
+            match &self.pools {
+                Pools::Sqlite(pools) => {
+                    let mut conn = self.sqlite_connection(&pools.serving).await?;
+                    bind_all_sqlite(sqlx::query(statement), params)
+                        .execute(&mut *conn)
+                        .await
+                        .map(|r| r.rows_affected())
+                        .map_err(into_wit_error)
+                }
+                Pools::Postgres(pools) => bind_all_pg(sqlx::query(statement), params)
+                    .execute(&pools.primary)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(into_wit_error),
+            }
+        })
+    }
+
+    /// A SQLite connection whose statements are interrupted at the timeout.
+    async fn sqlite_connection(
+        &self,
+        pool: &sqlx::SqlitePool,
+    ) -> Result<PoolConnection<Sqlite>, Error> {
+        let mut conn = pool.acquire().await.map_err(into_wit_error)?;
+        sqlite::arm_deadline(&mut conn, Instant::now() + self.statement_timeout)
+            .await
+            .map_err(into_wit_error)?;
+        Ok(conn)
+    }
+
+    /// Starts a transaction on a connection of its own, held until commit or rollback.
+    pub fn begin(&self) -> BoxFuture<'_, Result<Transaction, Error>> {
+        Box::pin(async move {
+            let connection = match &self.pools {
+                Pools::Sqlite(pools) => {
+                    let mut conn = self.sqlite_connection(&pools.transactions).await?;
+                    // IMMEDIATE takes the write lock now: a later write cannot fail to upgrade.
+                    (&mut *conn)
+                        .execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
+                        .await
+                        .map_err(into_wit_error)?;
+                    TransactionConnection::Sqlite(conn)
+                }
+                Pools::Postgres(pools) => {
+                    let mut conn = pools.primary.acquire().await.map_err(into_wit_error)?;
+                    (&mut *conn)
+                        .execute(sqlx::raw_sql("BEGIN"))
+                        .await
+                        .map_err(into_wit_error)?;
+                    TransactionConnection::Postgres(conn)
+                }
+            };
+            Ok(Transaction {
+                connection: Some(connection),
+                statement_timeout: self.statement_timeout,
+            })
+        })
+    }
+}
+
+enum TransactionConnection {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+/// An open transaction (the WIT `transaction` resource). Ending it any way other than
+/// `commit` rolls it back: `rollback`, the guest dropping the handle, the instance ending
+/// or trapping. A connection whose rollback fails is closed, never pooled again, so no
+/// transaction survives its holder.
+pub struct Transaction {
+    connection: Option<TransactionConnection>,
+    statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("open", &self.connection.is_some())
+            .finish()
+    }
+}
+
+impl Transaction {
+    fn connection(&mut self) -> Result<&mut TransactionConnection, Error> {
+        self.connection
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("the transaction has ended".into()))
+    }
+
+    pub fn query<'a>(
+        &'a mut self,
+        statement: &'a str,
+        params: Vec<Value>,
+    ) -> BoxFuture<'a, Result<Rows, Error>> {
+        Box::pin(async move {
+            guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
+            let deadline = Instant::now() + self.statement_timeout;
+            match self.connection()? {
+                TransactionConnection::Sqlite(conn) => {
+                    sqlite::arm_deadline(conn, deadline)
+                        .await
+                        .map_err(into_wit_error)?;
+                    let rows = bind_all_sqlite(sqlx::query(statement), params)
+                        .fetch_all(&mut **conn)
+                        .await
+                        .map_err(into_wit_error)?;
+                    Ok(collect_rows(&rows, sqlite_value))
+                }
+                TransactionConnection::Postgres(conn) => {
+                    let rows = bind_all_pg(sqlx::query(statement), params)
+                        .fetch_all(&mut **conn)
+                        .await
+                        .map_err(into_wit_error)?;
+                    Ok(collect_rows(&rows, pg_value))
+                }
+            }
+        })
+    }
+
+    pub fn execute<'a>(
+        &'a mut self,
+        statement: &'a str,
+        params: Vec<Value>,
+    ) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(async move {
+            guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
+            let deadline = Instant::now() + self.statement_timeout;
+            let done = match self.connection()? {
+                TransactionConnection::Sqlite(conn) => {
+                    sqlite::arm_deadline(conn, deadline)
+                        .await
+                        .map_err(into_wit_error)?;
+                    bind_all_sqlite(sqlx::query(statement), params)
+                        .execute(&mut **conn)
+                        .await
+                        .map(|r| r.rows_affected())
+                }
+                TransactionConnection::Postgres(conn) => {
+                    bind_all_pg(sqlx::query(statement), params)
+                        .execute(&mut **conn)
+                        .await
+                        .map(|r| r.rows_affected())
+                }
+            };
+            done.map_err(into_wit_error)
+        })
+    }
+
+    /// Commits; if that fails the transaction is rolled back and the error returned.
+    pub async fn commit(mut self) -> Result<(), Error> {
+        let Some(connection) = self.connection.take() else {
+            return Err(Error::Invalid("the transaction has ended".into()));
+        };
+        finish(connection, "COMMIT").await
+    }
+
+    pub async fn rollback(mut self) -> Result<(), Error> {
+        match self.connection.take() {
+            Some(connection) => finish(connection, "ROLLBACK").await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Ends the transaction with `COMMIT` or `ROLLBACK`. Whatever happens, the connection goes
+/// back to its pool outside any transaction, or is closed.
+fn finish(
+    connection: TransactionConnection,
+    statement: &'static str,
+) -> BoxFuture<'static, Result<(), Error>> {
+    Box::pin(async move {
+        // The same steps for both backends' connection types.
+        macro_rules! end {
+            ($conn:expr) => {{
+                let mut conn = $conn;
+                let ended = (&mut *conn)
+                    .execute(sqlx::raw_sql(statement))
+                    .await
+                    .map(drop);
+                if ended.is_err()
+                    && (&mut *conn)
+                        .execute(sqlx::raw_sql("ROLLBACK"))
+                        .await
+                        .is_err()
+                {
+                    // Its state is unknown: it must not serve anyone else.
+                    let _ = conn.close().await;
+                }
+                ended
+            }};
+        }
+        match connection {
+            TransactionConnection::Sqlite(mut conn) => {
+                // Ending must not be cut short by the last statement's deadline.
+                let far = Instant::now() + Duration::from_secs(60);
+                if sqlite::arm_deadline(&mut conn, far).await.is_err() {
+                    let _ = conn.close().await;
+                    return Err(Error::Unavailable);
+                }
+                end!(conn)
+            }
+            TransactionConnection::Postgres(conn) => end!(conn),
+        }
+        .map_err(into_wit_error)
+    })
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        if let Err(err) = finish(connection, "ROLLBACK").await {
+                            tracing::warn!(error = ?err, "rolling back an abandoned transaction");
+                        }
+                    });
+                }
+                Err(_) => match connection {
+                    // No runtime to roll back on: closing the connection ends the transaction.
+                    TransactionConnection::Sqlite(conn) => drop(conn.detach()),
+                    TransactionConnection::Postgres(conn) => drop(conn.detach()),
+                },
+            }
+        }
+    }
+}
+
+/// A request's view of `sql`: the plugin's data set and the transactions it opened.
+#[derive(Debug, Default)]
+pub struct SqlInstance {
+    data_set: Option<Arc<DataSet>>,
+    transactions: ResourceTable,
+    open_transactions: usize,
+}
+
+impl SqlInstance {
+    pub fn new(data_set: Option<Arc<DataSet>>) -> Self {
+        Self {
+            data_set,
+            transactions: ResourceTable::new(),
+            open_transactions: 0,
+        }
+    }
+
+    fn data_set(&self) -> wasmtime::Result<&Arc<DataSet>> {
+        // Unreachable for a plugin: `sql` is linked only when a data set is granted.
+        self.data_set
+            .as_ref()
+            .ok_or_else(|| wasmtime::Error::msg("sql called without a granted data set"))
+    }
+}
+
+impl wit::Host for SqlInstance {
+    async fn backend(&mut self) -> wasmtime::Result<BackendKind> {
+        Ok(self.data_set()?.kind())
+    }
+
+    async fn query(
+        &mut self,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<Rows, Error>> {
+        Ok(self.data_set()?.query(&statement, params, false).await)
+    }
+
+    async fn query_read(
+        &mut self,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<Rows, Error>> {
+        Ok(self.data_set()?.query(&statement, params, true).await)
+    }
+
+    async fn execute(
+        &mut self,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<u64, Error>> {
+        Ok(self.data_set()?.execute(&statement, params).await)
+    }
+
+    async fn begin(&mut self) -> wasmtime::Result<Result<Resource<Transaction>, Error>> {
+        if self.open_transactions >= MAX_OPEN_TRANSACTIONS {
+            return Ok(Err(Error::Invalid(
+                "a transaction is already open: commit or roll it back first".into(),
+            )));
+        }
+        let transaction = match self.data_set()?.begin().await {
+            Ok(transaction) => transaction,
+            Err(err) => return Ok(Err(err)),
+        };
+        let handle = self.transactions.push(transaction)?;
+        self.open_transactions += 1;
+        Ok(Ok(handle))
+    }
+}
+
+impl wit::HostTransaction for SqlInstance {
+    async fn query(
+        &mut self,
+        this: Resource<Transaction>,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<Rows, Error>> {
+        let transaction = self.transactions.get_mut(&this)?;
+        Ok(transaction.query(&statement, params).await)
+    }
+
+    async fn execute(
+        &mut self,
+        this: Resource<Transaction>,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<u64, Error>> {
+        let transaction = self.transactions.get_mut(&this)?;
+        Ok(transaction.execute(&statement, params).await)
+    }
+
+    async fn commit(&mut self, this: Resource<Transaction>) -> wasmtime::Result<Result<(), Error>> {
+        let transaction = self.transactions.delete(this)?;
+        self.open_transactions -= 1;
+        Ok(transaction.commit().await)
+    }
+
+    async fn rollback(
+        &mut self,
+        this: Resource<Transaction>,
+    ) -> wasmtime::Result<Result<(), Error>> {
+        let transaction = self.transactions.delete(this)?;
+        self.open_transactions -= 1;
+        Ok(transaction.rollback().await)
+    }
+
+    async fn drop(&mut self, this: Resource<Transaction>) -> wasmtime::Result<()> {
+        let transaction = self.transactions.delete(this)?;
+        self.open_transactions -= 1;
+        // Not committed: its drop rolls it back off the guest's path.
+        drop(transaction);
+        Ok(())
+    }
+}
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+fn bind_all_sqlite(mut query: SqliteQuery<'_>, params: Vec<Value>) -> SqliteQuery<'_> {
+    for param in params {
+        query = match param {
+            Value::Null => query.bind(None::<String>),
+            Value::Integer(v) => query.bind(v),
+            Value::Real(v) => query.bind(v),
+            Value::Text(v) => query.bind(v),
+            Value::Boolean(v) => query.bind(v),
+            Value::Blob(v) => query.bind(v),
+            // SQLite has no timestamp type: RFC 3339 text sorts chronologically.
+            Value::Timestamp(v) => query.bind(normalise_timestamp(&v).unwrap_or(v)),
+        };
+    }
+    query
+}
+
+fn bind_all_pg(mut query: PgQuery<'_>, params: Vec<Value>) -> PgQuery<'_> {
+    for param in params {
+        query = match param {
+            Value::Null => query.bind(None::<String>),
+            Value::Integer(v) => query.bind(v),
+            Value::Real(v) => query.bind(v),
+            Value::Text(v) => query.bind(v),
+            Value::Boolean(v) => query.bind(v),
+            Value::Blob(v) => query.bind(v),
+            Value::Timestamp(v) => match DateTime::parse_from_rfc3339(&v) {
+                Ok(t) => query.bind(t.with_timezone(&Utc)),
+                // Let the database reject it with a clear `invalid` error.
+                Err(_) => query.bind(v),
+            },
+        };
+    }
+    query
+}
+
+fn normalise_timestamp(value: &str) -> Option<String> {
+    let parsed = DateTime::parse_from_rfc3339(value).ok()?;
+    Some(format_timestamp(parsed.with_timezone(&Utc)))
+}
+
+/// The one timestamp format of the API: RFC 3339 UTC with a `Z`, whole seconds when exact.
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn collect_rows<R: Row>(rows: &[R], decode: fn(&R, usize) -> Value) -> Rows {
+    let columns = rows
+        .first()
+        .map(|row| row.columns().iter().map(|c| c.name().to_owned()).collect())
+        .unwrap_or_default();
+    let rows = rows
+        .iter()
+        .map(|row| (0..row.columns().len()).map(|i| decode(row, i)).collect())
+        .collect();
+    Rows { columns, rows }
+}
+
+fn sqlite_value(row: &SqliteRow, index: usize) -> Value {
+    let Ok(raw) = row.try_get_raw(index) else {
+        return Value::Null;
+    };
+    if raw.is_null() {
+        return Value::Null;
+    }
+    // SQLite is dynamically typed: decode by the declared type, then by the value's own.
+    let declared = row.columns()[index].type_info().name().to_ascii_uppercase();
+    let actual = raw.type_info().name().to_ascii_uppercase();
+    if declared == "BOOLEAN"
+        && let Ok(v) = row.try_get::<bool, _>(index)
+    {
+        return Value::Boolean(v);
+    }
+    match actual.as_str() {
+        "INTEGER" | "INT" | "BIGINT" | "BOOLEAN" => row
+            .try_get::<i64, _>(index)
+            .map(Value::Integer)
+            .unwrap_or(Value::Null),
+        "REAL" | "FLOAT" | "DOUBLE" | "NUMERIC" => row
+            .try_get::<f64, _>(index)
+            .map(Value::Real)
+            .unwrap_or(Value::Null),
+        "BLOB" => row
+            .try_get::<Vec<u8>, _>(index)
+            .map(Value::Blob)
+            .unwrap_or(Value::Null),
+        _ => row
+            .try_get::<String, _>(index)
+            .map(|text| {
+                if declared == "DATETIME" || declared == "TIMESTAMP" {
+                    Value::Timestamp(text)
+                } else {
+                    Value::Text(text)
+                }
+            })
+            .unwrap_or(Value::Null),
+    }
+}
+
+fn pg_value(row: &PgRow, index: usize) -> Value {
+    let Ok(raw) = row.try_get_raw(index) else {
+        return Value::Null;
+    };
+    if raw.is_null() {
+        return Value::Null;
+    }
+    let type_name = row.columns()[index].type_info().name().to_owned();
+    let decoded = match type_name.as_str() {
+        "INT2" => row
+            .try_get::<i16, _>(index)
+            .map(|v| Value::Integer(v.into())),
+        "INT4" => row
+            .try_get::<i32, _>(index)
+            .map(|v| Value::Integer(v.into())),
+        "INT8" => row.try_get::<i64, _>(index).map(Value::Integer),
+        "FLOAT4" => row.try_get::<f32, _>(index).map(|v| Value::Real(v.into())),
+        "FLOAT8" => row.try_get::<f64, _>(index).map(Value::Real),
+        "BOOL" => row.try_get::<bool, _>(index).map(Value::Boolean),
+        "BYTEA" => row.try_get::<Vec<u8>, _>(index).map(Value::Blob),
+        "TIMESTAMPTZ" => row
+            .try_get::<DateTime<Utc>, _>(index)
+            .map(|t| Value::Timestamp(format_timestamp(t))),
+        "TIMESTAMP" => row
+            .try_get::<chrono::NaiveDateTime, _>(index)
+            .map(|t| Value::Timestamp(format_timestamp(t.and_utc()))),
+        _ => row.try_get::<String, _>(index).map(Value::Text),
+    };
+    decoded.unwrap_or(Value::Null)
+}
+
+/// A short, data-free description of a database error, for logs and `/ready`.
+pub fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::PoolTimedOut => "timed out waiting for a connection".into(),
+        sqlx::Error::Io(e) => format!("connection failed: {}", e.kind()),
+        sqlx::Error::Tls(_) => "TLS failure".into(),
+        sqlx::Error::PoolClosed => "pool closed".into(),
+        sqlx::Error::Database(db) => format!("database error {}", db.code().unwrap_or_default()),
+        other => other.to_string().chars().take(120).collect(),
+    }
+}
+
+/// What a plugin author needs to fix a statement, without the database's own message
+/// where it could carry data (PostgreSQL quotes input values; SQLite does not).
+fn describe_for_plugin(err: &sqlx::Error) -> String {
+    let sqlx::Error::Database(db) = err else {
+        return describe(err);
+    };
+    let code = db.code().unwrap_or_default();
+    match code.as_ref() {
+        // insufficient_privilege; SQLITE_AUTH
+        "42501" | "23" => "permission denied: plugins reach only their own data set's tables, \
+                           and change its schema only through migrations"
+            .into(),
+        // undefined_table
+        "42P01" => "no such table in the plugin's data set".into(),
+        // SQLite's messages name tables and columns, never values.
+        _ if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
+            db.message().chars().take(200).collect()
+        }
+        _ => format!("database error {code}"),
+    }
+}
+
+/// The database's message for a failed migration: shown to operators (log, admin API),
+/// and about the plugin's own SQL.
+fn describe_for_author(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => describe(other),
+    }
+}
+
+fn is_timeout(db: &dyn sqlx::error::DatabaseError) -> bool {
+    // PostgreSQL's query_canceled (statement_timeout); SQLite's SQLITE_INTERRUPT.
+    matches!(db.code().as_deref(), Some("57014" | "9"))
+}
+
+fn into_wit_error(err: sqlx::Error) -> Error {
+    match &err {
+        sqlx::Error::Database(db) if is_timeout(db.as_ref()) => {
+            tracing::warn!("statement cancelled at its deadline");
+            Error::TimedOut
+        }
+        sqlx::Error::Database(db) => match db.kind() {
+            sqlx::error::ErrorKind::UniqueViolation => {
+                // The constraint (index) name, e.g. `users_email_unique`: never the values.
+                let name = db
+                    .constraint()
+                    .map(str::to_owned)
+                    .or_else(|| sqlite_index_name(db.message()))
+                    .unwrap_or_default();
+                Error::UniqueViolation(name)
+            }
+            sqlx::error::ErrorKind::ForeignKeyViolation
+            | sqlx::error::ErrorKind::NotNullViolation
+            | sqlx::error::ErrorKind::CheckViolation => {
+                Error::ConstraintViolation(db.constraint().unwrap_or_default().to_owned())
+            }
+            _ => {
+                tracing::warn!(error = %describe(&err), "statement failed");
+                Error::Invalid(describe_for_plugin(&err))
+            }
+        },
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => {
+            tracing::warn!(error = %describe(&err), "database unavailable");
+            Error::Unavailable
+        }
+        _ => {
+            tracing::warn!(error = %describe(&err), "statement failed");
+            Error::Invalid(describe(&err))
+        }
+    }
+}
+
+/// SQLite reports `UNIQUE constraint failed: index 'users_email_unique'` for expression
+/// indexes, or `...: users.email` for column constraints.
+fn sqlite_index_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("UNIQUE constraint failed: ")?;
+    Some(
+        rest.trim_start_matches("index ")
+            .trim_matches('\'')
+            .to_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_unique_messages_name_the_index() {
+        assert_eq!(
+            sqlite_index_name("UNIQUE constraint failed: index 'users_email_unique'").as_deref(),
+            Some("users_email_unique")
+        );
+        assert_eq!(
+            sqlite_index_name("UNIQUE constraint failed: users.email").as_deref(),
+            Some("users.email")
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_z() {
+        assert_eq!(
+            normalise_timestamp("2026-11-29T11:00:00+01:00").as_deref(),
+            Some("2026-11-29T10:00:00Z")
+        );
+    }
+
+    fn migration(version: i64, sql: &str) -> Migration {
+        Migration {
+            version,
+            name: "m".into(),
+            file: format!("migrations/sqlite/{version:04}_m.sql"),
+            sql: sql.into(),
+            checksum: hex(sql.as_bytes()),
+        }
+    }
+
+    async fn sqlite_service(dir: &std::path::Path) -> anyhow::Result<SqlService> {
+        SqlService::connect(&SqlConfig {
+            url: format!("sqlite://{}/t.db", dir.display()),
+            read_url: None,
+            max_connections: 2,
+            role_secret: b"test-secret".to_vec(),
+            ephemeral_role_secret: false,
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn sqlite_data_sets_round_trip_values_and_stay_apart() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let sql = sqlite_service(dir.path()).await?;
+        let notes = [migration(
+            1,
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, done BOOLEAN NOT \
+             NULL, at DATETIME); CREATE UNIQUE INDEX notes_body_unique ON notes (lower(body));",
+        )];
+        let timeout = Duration::from_secs(2);
+        let mine = sql.prepare("mine", "p", &notes, timeout).await?;
+        let theirs = sql.prepare("theirs", "q", &[], timeout).await?;
+        assert!(dir.path().join("t.mine.db").is_file());
+
+        let insert =
+            "INSERT INTO notes (body, done, at) VALUES ($1, $2, $3) RETURNING id, done, at";
+        let at = "2026-11-29T10:00:00Z".to_owned();
+        let params = |body: &str| {
+            vec![
+                Value::Text(body.into()),
+                Value::Boolean(true),
+                Value::Timestamp(at.clone()),
+            ]
+        };
+        let rows = mine
+            .query(insert, params("a"), false)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(rows.columns, ["id", "done", "at"]);
+        assert!(matches!(rows.rows[0][0], Value::Integer(1)));
+        assert!(matches!(rows.rows[0][1], Value::Boolean(true)));
+        assert!(matches!(&rows.rows[0][2], Value::Timestamp(t) if *t == at));
+        match mine.query(insert, params("A"), false).await {
+            Err(Error::UniqueViolation(name)) => assert!(name.contains("notes_body"), "{name}"),
+            other => panic!("expected a unique violation, got {other:?}"),
+        }
+        // Another data set is another file: its plugin cannot see `notes`.
+        match theirs.query("SELECT * FROM notes", vec![], true).await {
+            Err(Error::Invalid(msg)) => assert!(msg.contains("no such table"), "{msg}"),
+            other => panic!("expected no such table, got {other:?}"),
+        }
+        // Applying the same migrations again is a no-op.
+        sql.prepare("mine", "p2", &notes, timeout).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_refuses_what_a_plugin_must_not_do() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let sql = sqlite_service(dir.path()).await?;
+        let ds = sql
+            .prepare(
+                "ds",
+                "p",
+                &[migration(1, "CREATE TABLE t (x INTEGER);")],
+                Duration::from_millis(300),
+            )
+            .await?;
+        for statement in [
+            "ATTACH DATABASE 'other.db' AS o",
+            "CREATE TEMP TABLE t (x INTEGER)",
+            "BEGIN IMMEDIATE",
+            "PRAGMA writable_schema = 1",
+            "VACUUM INTO 'copy.db'",
+            "DROP TABLE t",
+            "SELECT load_extension('x')",
+            "INSERT INTO _plinth_migrations VALUES (9, 'x', 'x', 'x', 'x')",
+            "SELECT * FROM _plinth_migrations",
+            "SELECT 1; DELETE FROM t",
+        ] {
+            let refused = ds.execute(statement, vec![]).await;
+            assert!(
+                matches!(refused, Err(Error::Invalid(_))),
+                "{statement}: {refused:?}"
+            );
+        }
+        // A statement that would run forever is interrupted at the deadline.
+        let started = Instant::now();
+        let endless = ds
+            .query(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \
+                 SELECT count(*) FROM c",
+                vec![],
+                true,
+            )
+            .await;
+        assert!(matches!(endless, Err(Error::TimedOut)), "{endless:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_transactions_commit_roll_back_and_never_outlive_their_holder()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let sql = sqlite_service(dir.path()).await?;
+        let ds = sql
+            .prepare(
+                "ds",
+                "p",
+                &[migration(1, "CREATE TABLE t (x INTEGER);")],
+                Duration::from_secs(2),
+            )
+            .await?;
+        let count = || async {
+            let rows = ds.query("SELECT count(*) AS n FROM t", vec![], true).await;
+            match rows.map(|r| r.rows[0][0].clone()) {
+                Ok(Value::Integer(n)) => n,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut tx = ds.begin().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        tx.execute("INSERT INTO t VALUES (1)", vec![])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        tx.commit().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(count().await, 1);
+
+        let mut tx = ds.begin().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        tx.execute("INSERT INTO t VALUES (2)", vec![])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        drop(tx); // abandoned: rolled back, and the write lock released
+        let mut next = ds.begin().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        next.execute("INSERT INTO t VALUES (3)", vec![])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        next.rollback()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(count().await, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn edited_or_failing_migrations_refuse_and_change_nothing() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let sql = sqlite_service(dir.path()).await?;
+        let timeout = Duration::from_secs(2);
+        sql.prepare(
+            "ds",
+            "p",
+            &[migration(1, "CREATE TABLE t (x INTEGER);")],
+            timeout,
+        )
+        .await?;
+        let edited = [migration(1, "CREATE TABLE t (x INTEGER, y TEXT);")];
+        let err = sql
+            .prepare("ds", "p", &edited, timeout)
+            .await
+            .expect_err("edited");
+        assert!(
+            format!("{err:#}").contains("was changed after it was applied"),
+            "{err:#}"
+        );
+        let failing = [
+            migration(1, "CREATE TABLE t (x INTEGER);"),
+            migration(2, "CREATE TABLE u (x INTEGER);"),
+            migration(3, "CREATE TABLE oops (;"),
+        ];
+        let err = sql
+            .prepare("ds", "p", &failing, timeout)
+            .await
+            .expect_err("failing");
+        assert!(format!("{err:#}").contains("0003_m.sql failed"), "{err:#}");
+        // All or nothing: 0002 was not kept either.
+        let ds = sql.prepare("ds", "p", &failing[..1], timeout).await?;
+        let u = ds.query("SELECT * FROM u", vec![], true).await;
+        assert!(matches!(u, Err(Error::Invalid(_))), "{u:?}");
+        Ok(())
+    }
+}

@@ -1,0 +1,20 @@
+//! What every request needs, shared by all connections.
+
+use std::sync::Arc;
+
+use crate::capabilities::Capabilities;
+use crate::middleware::cors::CorsPolicy;
+use crate::middleware::rate_limit::RateLimiter;
+use crate::plugins::Registry;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub capabilities: Arc<Capabilities>,
+    pub rate_limiter: RateLimiter,
+    pub cors: Option<CorsPolicy>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub max_body_bytes: usize,
+    /// The data set whose `users` table decides who is a superuser (`ACCOUNTS_DATA_SET`).
+    pub accounts_data_set: String,
+}
