@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 deployed=(hello auth users)
-testing=(trap spin membomb badstatus versioned bigbody kvprobe nosy)
+testing=(trap spin membomb badstatus versioned bigbody kvprobe nosy sqlprobe)
 
 packages=()
 for p in "${deployed[@]}" "${testing[@]}"; do packages+=(-p "plinth-plugin-$p"); done

@@ -102,6 +102,36 @@ impl Backend {
     }
 }
 
+impl Backend {
+    /// Runs `sql` in this backend's PostgreSQL database as the test superuser and returns
+    /// its unaligned output (`None` on SQLite).
+    pub fn psql_query(&self, sql: &str) -> Option<String> {
+        let Self::Postgres { database, .. } = self else {
+            return None;
+        };
+        let output = Command::new("psql")
+            .args([
+                "-h",
+                &pg_host(),
+                "-p",
+                &pg_port(),
+                "-U",
+                &pg_user(),
+                "-d",
+                database,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-t", "-A", "-c", sql])
+            .output()
+            .expect("running psql");
+        assert!(
+            output.status.success(),
+            "psql `{sql}` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+}
+
 /// `psql` against the maintenance database of the test server.
 fn psql_command(sql: &str) -> Command {
     let mut command = Command::new("psql");

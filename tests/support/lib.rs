@@ -98,7 +98,7 @@ impl PluginsDir {
                 let manifest = std::fs::read_to_string(entry.path()).expect("reading manifest");
                 std::fs::write(&target, edit_manifest(manifest)).expect("writing manifest");
             } else {
-                std::fs::copy(entry.path(), &target).expect("copying component");
+                copy_recursively(&entry.path(), &target);
             }
         }
         dest
@@ -117,6 +117,19 @@ impl PluginsDir {
 impl Default for PluginsDir {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Copies a file, or a directory with everything in it (a plugin's `migrations/`).
+pub fn copy_recursively(source: &Path, target: &Path) {
+    if source.is_dir() {
+        std::fs::create_dir_all(target).expect("creating a directory");
+        for entry in std::fs::read_dir(source).expect("reading a directory") {
+            let entry = entry.expect("dir entry");
+            copy_recursively(&entry.path(), &target.join(entry.file_name()));
+        }
+    } else {
+        std::fs::copy(source, target).expect("copying a plugin file");
     }
 }
 

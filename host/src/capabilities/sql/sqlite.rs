@@ -326,9 +326,9 @@ fn decide(
         | ffi::SQLITE_DROP_VIEW
         | ffi::SQLITE_ALTER_TABLE
         | ffi::SQLITE_REINDEX
-        | ffi::SQLITE_ANALYZE => {
-            policy.schema_changes && !hidden_table(arg1) && !internal_table(arg1)
-        }
+        // SQLite creates its own tables as needed (`sqlite_sequence` for AUTOINCREMENT),
+        // and refuses to drop or alter them itself.
+        | ffi::SQLITE_ANALYZE => policy.schema_changes && !hidden_table(arg1),
         // ATTACH, DETACH, PRAGMA, virtual tables, temporary objects and anything newer.
         _ => false,
     }
