@@ -15,6 +15,8 @@ on_both_backends!(
     reading_a_user_is_403_before_404_for_non_superusers,
     superuser_updates_and_deactivates_users,
     superuser_deletes_users_but_not_themself,
+    no_change_leaves_no_active_superuser,
+    two_superusers_demoting_each_other_at_once_leave_one,
 );
 
 async fn patch(host: &TestHost, path: &str, token: &str, body: Value) -> plinth_tests::api::Reply {
@@ -411,4 +413,110 @@ async fn superuser_deletes_users_but_not_themself(backend: Backend) {
     host.get_as("/api/v1/users/me", &abe_tokens.access)
         .await
         .expect(200, None);
+}
+
+async fn no_change_leaves_no_active_superuser(backend: Backend) {
+    let (_plugins, host, root) = TestHost::start_api_with_root(&backend).await;
+    let root_id = host.get_as("/api/v1/users/me", &root.access).await.body["id"].clone();
+    let me = format!("/api/v1/users/{root_id}");
+    // The only active superuser can neither demote nor deactivate themself.
+    for change in [json!({"is_superuser": false}), json!({"is_active": false})] {
+        patch(&host, &me, &root.access, change.clone())
+            .await
+            .expect(409, Some("LAST_SUPERUSER"));
+    }
+    host.get_as("/api/v1/users/me", &root.access)
+        .await
+        .expect(200, None);
+
+    // With a second superuser, one may go; then the other is the last again.
+    let (bea, _) = host.user("bea").await;
+    let bea_path = format!("/api/v1/users/{}", bea["id"]);
+    patch(
+        &host,
+        &bea_path,
+        &root.access,
+        json!({"is_superuser": true}),
+    )
+    .await
+    .expect(200, None);
+    let bea_tokens = host.tokens("bea@example.com", "password-bea").await;
+    patch(
+        &host,
+        &me,
+        &bea_tokens.access,
+        json!({"is_superuser": false}),
+    )
+    .await
+    .expect(200, None);
+    patch(
+        &host,
+        &bea_path,
+        &bea_tokens.access,
+        json!({"is_active": false}),
+    )
+    .await
+    .expect(409, Some("LAST_SUPERUSER"));
+    // Deleting a superuser is checked the same way: root (now a plain user) is deleted,
+    // and bea still cannot be.
+    delete(&host, &me, &bea_tokens.access)
+        .await
+        .expect(204, None);
+    let list = host.get_as("/api/v1/users", &bea_tokens.access).await;
+    list.expect(200, None);
+    assert_eq!(list.body["total"], 1, "{}", list.body);
+    assert_eq!(list.body["items"][0]["is_superuser"], true);
+}
+
+async fn two_superusers_demoting_each_other_at_once_leave_one(backend: Backend) {
+    let (_plugins, host, root) = TestHost::start_api_with_root(&backend).await;
+    let root_path = format!(
+        "/api/v1/users/{}",
+        host.get_as("/api/v1/users/me", &root.access).await.body["id"]
+    );
+    let (bea, _) = host.user("bea").await;
+    let bea_path = format!("/api/v1/users/{}", bea["id"]);
+    let bea_tokens = host.tokens("bea@example.com", "password-bea").await;
+    patch(
+        &host,
+        &bea_path,
+        &root.access,
+        json!({"is_superuser": true}),
+    )
+    .await
+    .expect(200, None);
+    for round in 0..5 {
+        let demote = json!({"is_superuser": false});
+        let (by_root, by_bea) = tokio::join!(
+            patch(&host, &bea_path, &root.access, demote.clone()),
+            patch(&host, &root_path, &bea_tokens.access, demote.clone()),
+        );
+        let statuses = [by_root.status, by_bea.status];
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "round {round}: {statuses:?} {} {}",
+            by_root.body,
+            by_bea.body
+        );
+        // Restore: the one still a superuser promotes the other.
+        let (winner, loser_path) = if by_root.status == 200 {
+            (&root, &bea_path)
+        } else {
+            (&bea_tokens, &root_path)
+        };
+        let list = host.get_as("/api/v1/users", &winner.access).await;
+        let superusers = list.body["items"]
+            .as_array()
+            .map(|items| items.iter().filter(|u| u["is_superuser"] == true).count());
+        assert_eq!(superusers, Some(1), "round {round}: {}", list.body);
+        patch(
+            &host,
+            loser_path,
+            &winner.access,
+            json!({"is_superuser": true}),
+        )
+        .await
+        .expect(200, None);
+    }
 }

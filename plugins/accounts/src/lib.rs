@@ -2,7 +2,7 @@
 //! the rules for its fields, and the statements that read and write the `users` table
 //! (through the host's `sql` capability; placeholders are `$n` on both backends).
 
-use plinth_sdk::db::{self, Row};
+use plinth_sdk::db::{self, Autocommit, Row, Statements};
 use plinth_sdk::sql::{self, Value};
 use plinth_sdk::validation::{Fields, is_valid_email};
 use plinth_sdk::{Request, Response};
@@ -172,6 +172,15 @@ pub struct UserChanges {
 
 /// Applies `changes` and sets `updated_at`; `None` when the user does not exist.
 pub fn update(id: i64, changes: UserChanges) -> Result<Option<User>, Response> {
+    update_in(&Autocommit, id, changes)
+}
+
+/// [`update`] through `db` (e.g. inside a transaction).
+pub fn update_in(
+    db: &impl Statements,
+    id: i64,
+    changes: UserChanges,
+) -> Result<Option<User>, Response> {
     let email = changes.email.clone();
     let mut sets = Vec::new();
     let mut params = Vec::new();
@@ -207,14 +216,45 @@ pub fn update(id: i64, changes: UserChanges) -> Result<Option<User>, Response> {
         sets.join(", "),
         params.len()
     );
-    let rows = sql::query(&statement, &params)
+    let rows = db
+        .query(&statement, &params)
         .map_err(|err| conflict_or_error(err, email.as_deref(), Some(id)))?;
     first_user(&rows)
 }
 
 /// Deletes a user; false when there was none.
 pub fn delete(id: i64) -> Result<bool, Response> {
-    Ok(sql::execute("DELETE FROM users WHERE id = $1", &[Value::Integer(id)])? > 0)
+    delete_in(&Autocommit, id)
+}
+
+/// [`delete`] through `db` (e.g. inside a transaction).
+pub fn delete_in(db: &impl Statements, id: i64) -> Result<bool, Response> {
+    Ok(db.execute("DELETE FROM users WHERE id = $1", &[Value::Integer(id)])? > 0)
+}
+
+/// Refuses (409 `LAST_SUPERUSER`) a change that would leave no active superuser: `id`
+/// losing its rights when it holds the only ones. Call inside the transaction that makes
+/// the change: the active superusers' rows are locked (PostgreSQL `FOR UPDATE`; SQLite's
+/// transaction holds the write lock), so two superusers demoting each other at once
+/// cannot both succeed.
+pub fn keep_a_superuser(db: &impl Statements, id: i64) -> Result<(), Response> {
+    let lock = match sql::backend() {
+        sql::BackendKind::Postgres => " FOR UPDATE",
+        sql::BackendKind::Sqlite => "",
+    };
+    let rows = db.query(
+        &format!("SELECT id FROM users WHERE is_active = $1 AND is_superuser = $1{lock}"),
+        &[Value::Boolean(true)],
+    )?;
+    let superusers: Vec<i64> = db::rows(&rows).filter_map(|row| row.i64("id")).collect();
+    if superusers == [id] {
+        return Err(Response::error(
+            409,
+            "LAST_SUPERUSER",
+            "This change would leave no active superuser",
+        ));
+    }
+    Ok(())
 }
 
 /// A unique violation is 409. When both email and username clash, the backends disagree on

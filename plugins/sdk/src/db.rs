@@ -1,7 +1,7 @@
 //! Reading `sql` rows by column name, tolerant of the two backends' typing (SQLite returns
 //! booleans as integers and timestamps as text).
 
-use crate::sql::{Rows, Value};
+use crate::sql::{self, Rows, Value};
 
 /// One row of a result, with its column names.
 #[derive(Debug, Clone, Copy)]
@@ -46,4 +46,55 @@ pub fn rows(result: &Rows) -> impl Iterator<Item = Row<'_>> {
         columns: &result.columns,
         values,
     })
+}
+
+/// Where statements run: on their own ([`Autocommit`]), or inside a [`sql::Transaction`].
+/// Code that reads and writes through `&impl Statements` works either way.
+pub trait Statements {
+    fn query(&self, statement: &str, params: &[Value]) -> Result<Rows, sql::Error>;
+    fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, sql::Error>;
+}
+
+/// Each statement on its own, committed when it succeeds.
+#[derive(Debug, Clone, Copy)]
+pub struct Autocommit;
+
+impl Statements for Autocommit {
+    fn query(&self, statement: &str, params: &[Value]) -> Result<Rows, sql::Error> {
+        sql::query(statement, params)
+    }
+
+    fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, sql::Error> {
+        sql::execute(statement, params)
+    }
+}
+
+impl Statements for sql::Transaction {
+    fn query(&self, statement: &str, params: &[Value]) -> Result<Rows, sql::Error> {
+        sql::Transaction::query(self, statement, params)
+    }
+
+    fn execute(&self, statement: &str, params: &[Value]) -> Result<u64, sql::Error> {
+        sql::Transaction::execute(self, statement, params)
+    }
+}
+
+/// Runs `work` in a transaction: committed when it returns `Ok`, rolled back when it
+/// returns `Err` (or traps: the host rolls back what a request leaves open).
+pub fn transaction<T, E: From<sql::Error>>(
+    work: impl FnOnce(&sql::Transaction) -> Result<T, E>,
+) -> Result<T, E> {
+    let transaction = sql::begin()?;
+    match work(&transaction) {
+        Ok(value) => {
+            sql::Transaction::commit(transaction)?;
+            Ok(value)
+        }
+        Err(err) => {
+            // Dropping it would roll back too; saying so is clearer, and a failed
+            // rollback changes nothing for the caller.
+            let _ = sql::Transaction::rollback(transaction);
+            Err(err)
+        }
+    }
 }

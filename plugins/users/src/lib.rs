@@ -3,6 +3,7 @@
 //! behind it on every request, so a deactivated or deleted user's tokens answer 401.
 
 use plinth_accounts::{self as accounts, NewUser, User, UserChanges};
+use plinth_sdk::db;
 use plinth_sdk::tokens::{self, TokenKind};
 use plinth_sdk::validation::{Fields, Issue, unprocessable};
 use plinth_sdk::{Handler, Request, Response, passwords, respond};
@@ -216,15 +217,24 @@ fn update_one(request: &Request, me: &User) -> Result<Response, Response> {
         None => None,
     };
     let password_changed = hashed_password.is_some();
-    let response = apply(
-        &user,
-        UserChanges {
-            hashed_password,
-            is_active,
-            is_superuser,
-            ..profile
-        },
-    )?;
+    let changes = UserChanges {
+        hashed_password,
+        is_active,
+        is_superuser,
+        ..profile
+    };
+    let response = if is_active == Some(false) || is_superuser == Some(false) {
+        // Check and change in one transaction: no moment without an active superuser.
+        db::transaction(|tx| {
+            accounts::keep_a_superuser(tx, id)?;
+            match accounts::update_in(tx, id, changes)? {
+                Some(updated) => Ok(updated.response(200)),
+                None => Err(Response::not_found("User not found")),
+            }
+        })?
+    } else {
+        apply(&user, changes)?
+    };
     if password_changed || is_active == Some(false) {
         revoke_sessions(id)?;
     }
@@ -239,7 +249,11 @@ fn delete_one(request: &Request, me: &User) -> Result<Response, Response> {
             "A superuser cannot delete their own account",
         ));
     }
-    if !accounts::delete(id)? {
+    let deleted = db::transaction(|tx| {
+        accounts::keep_a_superuser(tx, id)?;
+        accounts::delete_in(tx, id)
+    })?;
+    if !deleted {
         return Err(Response::not_found("User not found"));
     }
     revoke_sessions(id)?;
