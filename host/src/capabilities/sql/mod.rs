@@ -101,6 +101,8 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 #[derive(Debug)]
+// One per process: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Backend {
     Sqlite(sqlite::SqliteBackend),
     Postgres(postgres::PgBackend),
