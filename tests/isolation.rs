@@ -118,6 +118,17 @@ async fn an_invalid_status_is_500() {
 }
 
 #[tokio::test]
+async fn a_flood_of_response_headers_is_500() {
+    let (_plugins, host) = hostile_host();
+    for _ in 0..3 {
+        let response = host.get("/badstatus/headers").await;
+        assert_eq!(response.status(), 500);
+        assert_eq!(json_body(response).await["code"], "PLUGIN_FAILED");
+        assert_healthy(&host).await;
+    }
+}
+
+#[tokio::test]
 async fn a_huge_response_body_is_500_and_a_fitting_one_is_served() {
     let plugins = PluginsDir::with(&["hello", "bigbody"]);
     let host = TestHost::start(&plugins);

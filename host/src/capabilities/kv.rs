@@ -28,6 +28,10 @@ pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
     }
 }
 
+/// Longest time-to-live a plugin may set (a year): longer ones are refused as `invalid`
+/// instead of overflowing a clock.
+const MAX_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// Longest key and value a plugin may store.
 const MAX_KEY_BYTES: usize = 512;
 const MAX_VALUE_BYTES: usize = 1024 * 1024;
@@ -408,6 +412,15 @@ impl KvInstance {
     }
 }
 
+fn ttl(ttl_ms: Option<u64>) -> Result<Option<Duration>, Error> {
+    match ttl_ms {
+        Some(ms) if ms > MAX_TTL_MS => Err(Error::Invalid(format!(
+            "ttl-ms must be at most {MAX_TTL_MS} (a year)"
+        ))),
+        other => Ok(other.map(Duration::from_millis)),
+    }
+}
+
 impl wit::Host for KvInstance {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         let kv = self.kv()?;
@@ -424,11 +437,11 @@ impl wit::Host for KvInstance {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), Error>> {
         let kv = self.kv()?;
-        let key = match check_value(&value).and_then(|()| kv.key(&key)) {
-            Ok(key) => key,
+        let (key, ttl) = match check_value(&value).and_then(|()| Ok((kv.key(&key)?, ttl(ttl_ms)?)))
+        {
+            Ok(checked) => checked,
             Err(e) => return Ok(Err(e)),
         };
-        let ttl = ttl_ms.map(Duration::from_millis);
         Ok(kv.store.set(&key, &value, ttl).await.map_err(Error::from))
     }
 
@@ -439,11 +452,11 @@ impl wit::Host for KvInstance {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, Error>> {
         let kv = self.kv()?;
-        let key = match check_value(&value).and_then(|()| kv.key(&key)) {
-            Ok(key) => key,
+        let (key, ttl) = match check_value(&value).and_then(|()| Ok((kv.key(&key)?, ttl(ttl_ms)?)))
+        {
+            Ok(checked) => checked,
             Err(e) => return Ok(Err(e)),
         };
-        let ttl = ttl_ms.map(Duration::from_millis);
         Ok(kv
             .store
             .set_if_absent(&key, &value, ttl)
@@ -466,11 +479,10 @@ impl wit::Host for KvInstance {
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<i64, Error>> {
         let kv = self.kv()?;
-        let key = match kv.key(&key) {
-            Ok(key) => key,
+        let (key, ttl) = match kv.key(&key).and_then(|key| Ok((key, ttl(ttl_ms)?))) {
+            Ok(checked) => checked,
             Err(e) => return Ok(Err(e)),
         };
-        let ttl = ttl_ms.map(Duration::from_millis);
         Ok(kv
             .store
             .increment(&key, delta, ttl)

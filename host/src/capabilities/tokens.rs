@@ -234,7 +234,10 @@ impl TokenService {
     }
 
     pub async fn revoke(&self, token_id: &str, expires_at: u64) -> Result<(), TokenError> {
-        let remaining = expires_at.saturating_sub(now_secs()).max(1);
+        // No token outlives the longest lifetime: a larger `expires_at` (a plugin bug, or
+        // u64::MAX) is kept only that long, never overflowing a clock.
+        let longest = self.access_ttl.max(self.refresh_ttl).as_secs() + 1;
+        let remaining = expires_at.saturating_sub(now_secs()).clamp(1, longest);
         self.kv
             .set(
                 &self.revoked_key(token_id),
@@ -429,6 +432,19 @@ mod tests {
             tokens.verify(&foreign.token, TokenKind::Access).await.err(),
             Some(TokenError::Invalid)
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn revoking_until_the_end_of_time_is_kept_bounded() -> anyhow::Result<()> {
+        let tokens = service().await?;
+        let a = tokens.issue("7", TokenKind::Access)?;
+        // Used to overflow the in-process store's clock and panic the host.
+        tokens.revoke(&a.claims.token_id, u64::MAX).await?;
+        assert!(matches!(
+            tokens.verify(&a.token, TokenKind::Access).await,
+            Err(TokenError::Revoked)
+        ));
         Ok(())
     }
 

@@ -49,6 +49,12 @@ const MAX_MEMORY_BYTES: usize = 512 * 1024 * 1024;
 /// it. A Rust guest's stack and small heap fit.
 const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 
+/// Response headers a plugin may set, in number and in bytes (names and values); more is
+/// an invalid response (hyper's header map would refuse past 32,768 entries anyway, by
+/// panicking).
+const MAX_RESPONSE_HEADERS: usize = 128;
+const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+
 /// How long a request waits for a free instance slot before it is answered 503.
 const SLOT_WAIT: Duration = Duration::from_secs(5);
 
@@ -397,6 +403,22 @@ fn validate_response(response: &Response, max_body_bytes: usize) -> Result<(), P
         return Err(PluginFailure::InvalidResponse(format!(
             "status {} is outside 200-599",
             response.status
+        )));
+    }
+    if response.headers.len() > MAX_RESPONSE_HEADERS {
+        return Err(PluginFailure::InvalidResponse(format!(
+            "{} headers exceed the limit of {MAX_RESPONSE_HEADERS}",
+            response.headers.len()
+        )));
+    }
+    let header_bytes: usize = response
+        .headers
+        .iter()
+        .map(|(n, v)| n.len() + v.len())
+        .sum();
+    if header_bytes > MAX_RESPONSE_HEADER_BYTES {
+        return Err(PluginFailure::InvalidResponse(format!(
+            "headers of {header_bytes} bytes exceed the limit of {MAX_RESPONSE_HEADER_BYTES}"
         )));
     }
     for (name, value) in &response.headers {
