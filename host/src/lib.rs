@@ -32,6 +32,7 @@ pub mod bindings;
 pub mod bounded;
 pub mod capabilities;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod middleware;
 pub mod pipeline;
