@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! request id + span → CORS preflight (answered here) → platform endpoints (/health, /ready)
-//!   → route match → rate limit → admin API (/admin/…) or 404/405 → body limit (413)
+//!   → route match → rate limit → admin API (/admin/…) or 404/405
+//!   → body limit (413) and deadline (408)
 //!   → route auth policy (bearer JWT → principal, 401) → plugin instance
-//!   → error mapping → rate-limit headers → CORS headers → X-Request-Id → access log line
+//!   → error mapping → rate-limit headers → CORS headers (a plugin's own are dropped)
+//!   → X-Request-Id, X-Content-Type-Options → access log line
 //! ```
 //!
 //! Why this order:
