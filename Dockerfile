@@ -14,7 +14,10 @@ RUN apt-get update \
  && useradd --system --create-home --home-dir /var/lib/plinth plinth \
  && install -d -o plinth -g plinth /var/lib/plinth/plugin-cache
 COPY --from=build /src/target/release/plinth /usr/local/bin/plinth
-COPY --from=build /src/target/plugins /srv/plinth/plugins
+# The API's plugins only: the example `hello` (an unauthenticated `/echo`) is for
+# development and never ships. Add a production plugin here explicitly.
+COPY --from=build /src/target/plugins/auth /srv/plinth/plugins/auth
+COPY --from=build /src/target/plugins/users /srv/plinth/plugins/users
 ENV PLUGINS_DIR=/srv/plinth/plugins \
     PLUGIN_CACHE_DIR=/var/lib/plinth/plugin-cache \
     BIND_ADDR=0.0.0.0:8080 \

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The docker-compose.yml topology without Docker: two plinth hosts sharing the local
 # PostgreSQL and Redis, behind nginx (deploy/nginx.conf with local addresses).
+#   export JWT_SECRET=$(openssl rand -hex 32) FIRST_SUPERUSER_PASSWORD='a long passphrase'
 #   bash deploy/run-by-hand.sh          # then: curl localhost:8090/ready ; Ctrl-C stops all
 # Needs: the local PostgreSQL (trust auth) and Redis, and nginx (apt-get install nginx-light).
+# Set REDIS_URL=redis://:<password>@127.0.0.1:6379 when the local Redis has a password.
 # The replica is left out here (DATABASE_READ_URL would point at it); see RUNNING-BY-HAND.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Secrets have no defaults: a script anyone can read must not decide them.
+: "${JWT_SECRET:?set JWT_SECRET (at least 32 bytes), e.g. export JWT_SECRET=\$(openssl rand -hex 32)}"
+: "${FIRST_SUPERUSER_PASSWORD:?set FIRST_SUPERUSER_PASSWORD (8 to 128 characters) for admin@example.com}"
 command -v nginx >/dev/null || { echo "nginx is needed: apt-get install nginx-light" >&2; exit 1; }
 bash scripts/services.sh
 bash scripts/build-plugins.sh >/dev/null
@@ -19,10 +24,10 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; nginx -p "$work" -c "$work/nginx.conf" -s stop 2>/dev/null; rm -rf "$work"' EXIT
 
 export APP_ENV=production LOG_FORMAT=json TRUSTED_PROXIES=127.0.0.1
-export JWT_SECRET=${JWT_SECRET:-by-hand-secret-by-hand-secret-by-hand-secret}
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" REDIS_URL=redis://127.0.0.1:6379
+export JWT_SECRET FIRST_SUPERUSER_PASSWORD
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export FIRST_SUPERUSER_EMAIL=admin@example.com FIRST_SUPERUSER_USERNAME=admin
-export FIRST_SUPERUSER_PASSWORD=${FIRST_SUPERUSER_PASSWORD:-admin-password}
 for port in 8081 8082; do
   BIND_ADDR=127.0.0.1:$port target/release/plinth >"$work/plinth-$port.log" 2>&1 &
   pids+=($!)

@@ -12,6 +12,7 @@ use anyhow::{Context, bail, ensure};
 use crate::capabilities::bootstrap::FirstSuperuser;
 use crate::capabilities::sql::SqlConfig;
 use crate::capabilities::tokens::TokenConfig;
+use crate::connections::ConnectionLimits;
 use crate::middleware::cors::CorsPolicy;
 
 /// Shortest `JWT_SECRET` accepted (API.md).
@@ -71,6 +72,8 @@ pub struct Config {
     pub auth_rate_limit_per_minute: u32,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Timeouts and the cap on open connections (slow or idle clients cannot hold sockets).
+    pub connections: ConnectionLimits,
 }
 
 impl Config {
@@ -209,6 +212,23 @@ impl Config {
             .transpose()?
             .unwrap_or_default();
 
+        // Connection limits: every timeout positive, so none can be switched off by mistake.
+        let seconds = |key: &str, default: u64| -> anyhow::Result<Duration> {
+            let value = parse_or(&get, key, default)?;
+            ensure!(value > 0, "{key} must be at least 1 second");
+            Ok(Duration::from_secs(value))
+        };
+        let connections = ConnectionLimits {
+            header_read_timeout: seconds("HEADER_READ_TIMEOUT_SECONDS", 10)?,
+            body_read_timeout: seconds("BODY_READ_TIMEOUT_SECONDS", 30)?,
+            idle_timeout: seconds("IDLE_TIMEOUT_SECONDS", 60)?,
+            max_connections: parse_or(&get, "MAX_CONNECTIONS", 1024)?,
+        };
+        ensure!(
+            connections.max_connections > 0,
+            "MAX_CONNECTIONS must be at least 1"
+        );
+
         Ok(Self {
             bind_addr,
             app_env,
@@ -229,6 +249,7 @@ impl Config {
             rate_limit_per_minute: parse_or(&get, "RATE_LIMIT_PER_MINUTE", 60)?,
             auth_rate_limit_per_minute: parse_or(&get, "AUTH_RATE_LIMIT_PER_MINUTE", 10)?,
             trusted_proxies,
+            connections,
         })
     }
 }
@@ -332,6 +353,9 @@ mod tests {
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("CORS_ALLOWED_ORIGINS", "example.com"),
             ("RATE_LIMIT_PER_MINUTE", "lots"),
+            ("HEADER_READ_TIMEOUT_SECONDS", "0"),
+            ("BODY_READ_TIMEOUT_SECONDS", "soon"),
+            ("MAX_CONNECTIONS", "0"),
         ] {
             let err = config(&[(key, value)]).expect_err(key);
             assert!(

@@ -46,6 +46,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("request body could not be read")]
     BadRequestBody,
+    /// The client did not send the whole body within `BODY_READ_TIMEOUT_SECONDS`.
+    #[error("request body not received in time")]
+    RequestTimeout,
     #[error("invalid request")]
     Validation(Vec<ValidationIssue>),
     #[error("rate limit exceeded")]
@@ -59,6 +62,9 @@ pub enum ApiError {
     /// The endpoint's plugin is at its concurrency limit and its queue is full or too slow.
     #[error("endpoint overloaded: {0}")]
     Overloaded(String),
+    /// The host already holds `MAX_CONNECTIONS` open connections.
+    #[error("connection limit reached")]
+    TooManyConnections,
 }
 
 impl ApiError {
@@ -71,11 +77,14 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadRequestBody => StatusCode::BAD_REQUEST,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Overloaded(_) | Self::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -88,11 +97,12 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::BadRequestBody => "BAD_REQUEST",
+            Self::RequestTimeout => "REQUEST_TIMEOUT",
             Self::Validation(_) => "VALIDATION_ERROR",
             Self::RateLimited => "RATE_LIMITED",
             Self::PluginFailed(_) => "PLUGIN_FAILED",
             Self::PluginTimeout => "PLUGIN_TIMEOUT",
-            Self::Unavailable(_) | Self::Overloaded(_) => "UNAVAILABLE",
+            Self::Unavailable(_) | Self::Overloaded(_) | Self::TooManyConnections => "UNAVAILABLE",
         }
     }
 
@@ -109,12 +119,16 @@ impl ApiError {
                 format!("Request body is larger than the limit of {limit} bytes")
             }
             Self::BadRequestBody => "The request body could not be read".to_owned(),
+            Self::RequestTimeout => "The request body was not received in time".to_owned(),
             Self::Validation(issues) => return Detail::Validation(issues.clone()),
             Self::RateLimited => "Too many requests; retry after the window resets".to_owned(),
             Self::PluginFailed(_) => "The endpoint failed to produce a response".to_owned(),
             Self::PluginTimeout => "The endpoint did not answer in time".to_owned(),
             Self::Unavailable(_) => "A required backend is unavailable".to_owned(),
             Self::Overloaded(_) => "The endpoint is at capacity; retry shortly".to_owned(),
+            Self::TooManyConnections => {
+                "The server has too many open connections; retry shortly".to_owned()
+            }
         };
         Detail::Message(message)
     }
@@ -132,8 +146,8 @@ impl ApiError {
         {
             response.headers_mut().insert(header::ALLOW, value);
         }
-        if let Self::Overloaded(_) = &self {
-            // Queues drain in well under a second; a retry after one is likely served.
+        if let Self::Overloaded(_) | Self::TooManyConnections = &self {
+            // Queues drain, and connections close, in about a second: a retry is likely served.
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -11,8 +11,9 @@
 //!    plugin in `PLUGINS_DIR` ([`plugins::load_all`]: manifest → compile → check imports
 //!    against grants → link granted [`capabilities`] → `instantiate_pre`), build one
 //!    [`plugins::routes::RouteTable`] (conflicts are errors), bind the socket.
-//! 2. **Serving** ([`Application::run_until`]): hyper accepts connections; each request
-//!    goes through [`pipeline::handle`], the one place the request path is composed.
+//! 2. **Serving** ([`Application::run_until`]): hyper accepts connections within the
+//!    limits of [`connections`] (cap, header and idle timeouts); each request goes through
+//!    [`pipeline::handle`], the one place the request path is composed.
 //! 3. **Per request**: resolve the route against a snapshot of the table, read the body
 //!    within the limit, instantiate the plugin into a fresh `Store` with its memory limit and
 //!    deadline, call `handler.handle`, validate the response. Failures of any step become
@@ -33,10 +34,12 @@ pub mod bindings;
 pub mod bounded;
 pub mod capabilities;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod middleware;
 pub mod pipeline;
 pub mod plugins;
+pub mod readiness;
 pub mod request_id;
 pub mod server;
 pub mod state;

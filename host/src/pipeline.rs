@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! request id + span → CORS preflight (answered here) → platform endpoints (/health, /ready)
-//!   → route match → rate limit → admin API (/admin/…) or 404/405 → body limit (413)
+//!   → route match → rate limit → admin API (/admin/…) or 404/405
+//!   → body limit (413) and deadline (408)
 //!   → route auth policy (bearer JWT → principal, 401) → plugin instance
-//!   → error mapping → rate-limit headers → CORS headers → X-Request-Id → access log line
+//!   → error mapping → rate-limit headers → CORS headers (a plugin's own are dropped)
+//!   → X-Request-Id, X-Content-Type-Options → access log line
 //! ```
 //!
 //! Why this order:
@@ -22,7 +24,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -33,7 +35,6 @@ use tracing::Instrument;
 use crate::admin;
 use crate::authn;
 use crate::bindings;
-use crate::capabilities::Capabilities;
 use crate::error::{ApiError, Body, json_response};
 use crate::middleware::rate_limit::client_ip;
 use crate::plugins::manifest::RateLimitClass;
@@ -81,10 +82,59 @@ pub async fn handle(
         }
     };
 
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(request_id::HEADER, value);
-    }
+    set_host_headers(&mut response, &request_id);
+    log_access(
+        &span,
+        &method,
+        &path,
+        outcome,
+        response.status(),
+        started,
+        client,
+    );
+    response
+}
 
+/// Answers a request on a connection over `MAX_CONNECTIONS` (see `connections.rs`): 503,
+/// and the connection closes after it. Logged like any request.
+pub fn refuse_connection<B>(
+    state: &AppState,
+    request: &Request<B>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = request_id::from_headers_or_new(request.headers());
+    let client = client_ip(peer.ip(), request.headers(), &state.trusted_proxies);
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = ApiError::TooManyConnections.into_response();
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    set_host_headers(&mut response, &request_id);
+    let path = request.uri().path();
+    let outcome = Outcome::default();
+    log_access(
+        &span,
+        request.method(),
+        path,
+        outcome,
+        response.status(),
+        started,
+        client,
+    );
+    response
+}
+
+/// The one `plinth::access` line of a request.
+fn log_access(
+    span: &tracing::Span,
+    method: &Method,
+    path: &str,
+    outcome: Outcome,
+    status: StatusCode,
+    started: Instant,
+    client: std::net::IpAddr,
+) {
     let (plugin, plugin_version) = outcome.plugin.unzip();
     span.in_scope(|| {
         tracing::info!(
@@ -94,13 +144,26 @@ pub async fn handle(
             route = outcome.route.as_deref(),
             plugin = plugin.as_deref(),
             plugin_version = plugin_version.as_deref(),
-            status = response.status().as_u16(),
+            status = status.as_u16(),
             latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
             client_ip = %client,
             "request"
         );
     });
-    response
+}
+
+/// Headers the host sets on every response, whoever produced it (API.md "Headers on every
+/// response"); a plugin's value for them is replaced.
+fn set_host_headers(response: &mut Response<Body>, request_id: &str) {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(request_id::HEADER, value);
+    }
+    // Browsers must not second-guess the declared content type (e.g. run a JSON body as a script).
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
 }
 
 /// The one place an [`ApiError`] becomes a response; server-side causes are logged here.
@@ -179,6 +242,7 @@ async fn serve(
         body,
         parts.headers.get(http::header::CONTENT_LENGTH),
         state.max_body_bytes,
+        state.body_read_timeout,
     )
     .await?;
 
@@ -231,29 +295,13 @@ async fn platform_endpoint(
             StatusCode::OK,
             &serde_json::json!({"status": "ok"}),
         )),
-        _ => readiness(&state.capabilities).await,
+        _ => state.readiness.answer(&state.capabilities).await.map(|kv| {
+            json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ready", "database": "ok", "kv": kv}),
+            )
+        }),
     })
-}
-
-/// Ready when the database (and Redis, when configured) answer.
-async fn readiness(capabilities: &Capabilities) -> Result<Response<Body>, ApiError> {
-    if let Err(cause) = capabilities.sql.ping().await {
-        tracing::warn!(%cause, "not ready: database");
-        return Err(ApiError::NotReady("database".into()));
-    }
-    if let Err(cause) = capabilities.kv.ping().await {
-        tracing::warn!(%cause, "not ready: redis");
-        return Err(ApiError::NotReady("redis".into()));
-    }
-    let kv = if capabilities.kv.is_redis() {
-        "redis"
-    } else {
-        "in-process"
-    };
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({"status": "ready", "database": "ok", "kv": kv}),
-    ))
 }
 
 /// How much of a too-large body is read and thrown away so the client finishes sending and
@@ -261,12 +309,16 @@ async fn readiness(capabilities: &Capabilities) -> Result<Response<Body>, ApiErr
 const DISCARD_BUDGET_BYTES: u64 = 8 * 1024 * 1024;
 const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reads the whole body, refusing it (413) as soon as it is known to exceed `limit`.
+/// Reads the whole body, refusing it (413) as soon as it is known to exceed `limit`, and
+/// (408) when it has not all arrived within `read_timeout`: a slow client cannot hold a
+/// connection and its buffers open indefinitely.
 async fn read_body(
     mut body: Incoming,
     content_length: Option<&HeaderValue>,
     limit: usize,
+    read_timeout: Duration,
 ) -> Result<Bytes, ApiError> {
+    let deadline = tokio::time::Instant::now() + read_timeout;
     let declared = content_length
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
@@ -279,8 +331,12 @@ async fn read_body(
         return Err(ApiError::PayloadTooLarge { limit });
     }
     let mut collected = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| ApiError::BadRequestBody)?;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(frame)) => frame.map_err(|_| ApiError::BadRequestBody)?,
+            Ok(None) => break,
+            Err(_) => return Err(ApiError::RequestTimeout),
+        };
         if let Ok(data) = frame.into_data() {
             if collected.len() + data.len() > limit {
                 discard(body).await;
@@ -328,6 +384,13 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
+/// CORS headers belong to the host's policy (`middleware/cors.rs`): a plugin setting them
+/// could widen cross-origin access beyond what the operator configured.
+fn is_cors_header(name: &str) -> bool {
+    name.get(..15)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("access-control-"))
+}
+
 /// The plugin's response, already validated by the runtime.
 fn into_http_response(guest: bindings::Response) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(guest.body)));
@@ -335,7 +398,7 @@ fn into_http_response(guest: bindings::Response) -> Response<Body> {
         StatusCode::from_u16(guest.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     for (name, value) in guest.headers {
-        if is_hop_by_hop(&name) {
+        if is_hop_by_hop(&name) || is_cors_header(&name) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::capabilities::{self, Capabilities};
 use crate::config::Config;
+use crate::connections::{Activity, Admission, ConnectionGate, ConnectionLimits, TrackedStream};
 use crate::middleware::rate_limit::RateLimiter;
 use crate::pipeline;
 use crate::plugins::{self, Registry, runtime::PluginEngine};
@@ -28,6 +29,7 @@ pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown_grace: Duration,
+    connection_limits: ConnectionLimits,
     /// Applies changes in `PLUGINS_DIR` while it lives.
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -100,11 +102,14 @@ impl Application {
             capabilities,
             max_body_bytes: config.max_body_bytes,
             accounts_data_set: config.accounts_data_set.clone(),
+            body_read_timeout: config.connections.body_read_timeout,
+            readiness: Default::default(),
         });
         Ok(Self {
             listener,
             state,
             shutdown_grace: config.shutdown_grace,
+            connection_limits: config.connections,
             _watcher: watcher,
         })
     }
@@ -118,7 +123,14 @@ impl Application {
     /// finish for up to the grace period.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let graceful = GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let limits = self.connection_limits;
+        let gate = ConnectionGate::new(limits.max_connections);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
         tokio::pin!(shutdown);
 
         loop {
@@ -135,21 +147,48 @@ impl Application {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
+            let place = match gate.admit() {
+                Admission::Serve(place) => place,
+                Admission::Refuse(refusal) => {
+                    let state = self.state.clone();
+                    tokio::spawn(async move {
+                        crate::connections::refuse(stream, peer, state).await;
+                        drop(refusal);
+                    });
+                    continue;
+                }
+                Admission::Drop => continue,
+            };
             let state = self.state.clone();
+            let activity = Arc::new(Activity::default());
+            let requests = activity.clone();
             let service = service_fn(move |request| {
                 let state = state.clone();
+                let in_flight = requests.request();
                 async move {
-                    Ok::<_, std::convert::Infallible>(pipeline::handle(state, request, peer).await)
+                    let response = pipeline::handle(state, request, peer).await;
+                    drop(in_flight);
+                    Ok::<_, std::convert::Infallible>(response)
                 }
             });
+            let stream = TrackedStream::new(stream, activity.clone());
             let connection = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(error = %err, %peer, "connection ended with an error");
+                tokio::select! {
+                    result = connection => {
+                        if let Err(err) = result {
+                            tracing::debug!(error = %err, %peer, "connection ended with an error");
+                        }
+                    }
+                    () = activity.idle_for(limits.idle_timeout) => {
+                        tracing::debug!(%peer, "closing an idle connection");
+                    }
                 }
+                // The connection's place under MAX_CONNECTIONS is free again.
+                drop(place);
             });
         }
 

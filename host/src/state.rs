@@ -1,11 +1,13 @@
 //! What every request needs, shared by all connections.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::capabilities::Capabilities;
 use crate::middleware::cors::CorsPolicy;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::plugins::Registry;
+use crate::readiness::ReadinessCache;
 
 #[derive(Debug)]
 pub struct AppState {
@@ -15,6 +17,9 @@ pub struct AppState {
     pub cors: Option<CorsPolicy>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub max_body_bytes: usize,
+    /// Time allowed for a request's body once its headers arrived (408 beyond it).
+    pub body_read_timeout: Duration,
+    pub readiness: ReadinessCache,
     /// The data set whose `users` table decides who is a superuser (`ACCOUNTS_DATA_SET`).
     pub accounts_data_set: String,
 }

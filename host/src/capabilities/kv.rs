@@ -134,10 +134,7 @@ impl KvStore {
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
         match self {
-            Self::Memory(store) => {
-                store.set(key, value, ttl, false);
-                Ok(())
-            }
+            Self::Memory(store) => store.set(key, value, ttl, false).map(|_| ()),
             Self::Redis(conn) => {
                 let mut conn = conn.clone();
                 let mut cmd = redis::cmd("SET");
@@ -157,7 +154,7 @@ impl KvStore {
         ttl: Option<Duration>,
     ) -> Result<bool, KvError> {
         match self {
-            Self::Memory(store) => Ok(store.set(key, value, ttl, true)),
+            Self::Memory(store) => store.set(key, value, ttl, true),
             Self::Redis(conn) => {
                 let mut conn = conn.clone();
                 let mut cmd = redis::cmd("SET");
@@ -246,10 +243,30 @@ async fn redis_call<T>(
     }
 }
 
-/// The in-process store: a map with lazy expiry, swept as it grows.
+/// Most the in-process store holds, counting keys, values and [`ENTRY_OVERHEAD_BYTES`] per
+/// entry. Beyond it a new key is refused as `Unavailable` (plugins and the host then answer
+/// 503) rather than evicting one: evicting could forget a revoked token.
+pub const MEMORY_STORE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// What one entry costs besides its key and value (map slot, allocations, expiry).
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// Expired entries are swept at most this often (and whenever the store is full), so keys
+/// that are never read again (rate-limit windows, counters) do not pile up.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// The shortest gap between two sweeps made because the store was full.
+const FULL_SWEEP_GAP: Duration = Duration::from_millis(100);
+
+/// The in-process store: a map with expiry, swept periodically and bounded in size.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    entries: Mutex<HashMap<String, Entry>>,
+    state: Mutex<MemoryState>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    entries: HashMap<String, Entry>,
+    /// Sum of [`Entry::cost`] over `entries`.
+    used_bytes: usize,
+    last_sweep: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -262,58 +279,123 @@ impl Entry {
     fn live(&self, now: Instant) -> bool {
         self.expires_at.is_none_or(|t| t > now)
     }
+
+    fn cost(key: &str, value: &[u8]) -> usize {
+        key.len() + value.len() + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+impl MemoryState {
+    fn live(&self, key: &str, now: Instant) -> Option<&Entry> {
+        self.entries.get(key).filter(|e| e.live(now))
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.entries.retain(|key, entry| {
+            let live = entry.live(now);
+            if !live {
+                freed += Entry::cost(key, &entry.value);
+            }
+            live
+        });
+        self.used_bytes -= freed;
+        self.last_sweep = Some(now);
+    }
+
+    fn swept_within(&self, period: Duration, now: Instant) -> bool {
+        self.last_sweep
+            .is_some_and(|at| now.duration_since(at) < period)
+    }
+
+    fn has_room(&self, key: &str, entry: &Entry) -> bool {
+        let replaced = self
+            .entries
+            .get(key)
+            .map_or(0, |old| Entry::cost(key, &old.value));
+        self.used_bytes - replaced + Entry::cost(key, &entry.value) <= MEMORY_STORE_MAX_BYTES
+    }
+
+    /// Stores `entry` under `key` if the store has room for it, sweeping first when due.
+    fn insert(&mut self, key: &str, entry: Entry, now: Instant) -> Result<(), KvError> {
+        if !self.swept_within(SWEEP_INTERVAL, now) {
+            self.sweep(now);
+        }
+        // When full, expired entries may make room; but sweep at most every FULL_SWEEP_GAP,
+        // so writes against a store full of live keys do not each pay a whole sweep.
+        if !self.has_room(key, &entry) && !self.swept_within(FULL_SWEEP_GAP, now) {
+            self.sweep(now);
+        }
+        if !self.has_room(key, &entry) {
+            return Err(KvError::Unavailable(format!(
+                "the in-process store is full ({MEMORY_STORE_MAX_BYTES} bytes)"
+            )));
+        }
+        let cost = Entry::cost(key, &entry.value);
+        if let Some(old) = self.entries.insert(key.to_owned(), entry) {
+            self.used_bytes -= Entry::cost(key, &old.value);
+        }
+        self.used_bytes += cost;
+        Ok(())
+    }
 }
 
 impl MemoryStore {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryState> {
         // A panic while holding the lock cannot leave an entry half-written: recover.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get(&self, key: &str) -> Option<Vec<u8>> {
         let now = Instant::now();
-        self.lock()
-            .get(key)
-            .filter(|e| e.live(now))
-            .map(|e| e.value.clone())
+        self.lock().live(key, now).map(|e| e.value.clone())
     }
 
     fn ttl(&self, key: &str) -> Option<Duration> {
         let now = Instant::now();
         self.lock()
-            .get(key)
-            .filter(|e| e.live(now))
+            .live(key, now)
             .and_then(|e| e.expires_at)
             .map(|t| t - now)
     }
 
     /// Stores the value; with `only_if_absent`, only when no live entry exists.
-    fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>, only_if_absent: bool) -> bool {
+    fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        only_if_absent: bool,
+    ) -> Result<bool, KvError> {
         let now = Instant::now();
-        let mut entries = self.lock();
-        if only_if_absent && entries.get(key).is_some_and(|e| e.live(now)) {
-            return false;
+        let mut state = self.lock();
+        if only_if_absent && state.live(key, now).is_some() {
+            return Ok(false);
         }
-        Self::sweep_if_large(&mut entries, now);
-        entries.insert(
-            key.to_owned(),
-            Entry {
-                value: value.to_vec(),
-                expires_at: ttl.map(|t| now + t),
-            },
-        );
-        true
+        let entry = Entry {
+            value: value.to_vec(),
+            expires_at: ttl.map(|t| now + t),
+        };
+        state.insert(key, entry, now)?;
+        Ok(true)
     }
 
     fn delete(&self, key: &str) -> bool {
         let now = Instant::now();
-        self.lock().remove(key).is_some_and(|e| e.live(now))
+        let mut state = self.lock();
+        match state.entries.remove(key) {
+            Some(old) => {
+                state.used_bytes -= Entry::cost(key, &old.value);
+                old.live(now)
+            }
+            None => false,
+        }
     }
 
     fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
         let now = Instant::now();
-        let mut entries = self.lock();
-        let current = match entries.get(key).filter(|e| e.live(now)) {
+        let mut state = self.lock();
+        let current = match state.live(key, now) {
             Some(entry) => Some((
                 std::str::from_utf8(&entry.value)
                     .ok()
@@ -330,21 +412,12 @@ impl MemoryStore {
         let next = value
             .checked_add(delta)
             .ok_or_else(|| KvError::Invalid("increment would overflow".into()))?;
-        entries.insert(
-            key.to_owned(),
-            Entry {
-                value: next.to_string().into_bytes(),
-                expires_at,
-            },
-        );
+        let entry = Entry {
+            value: next.to_string().into_bytes(),
+            expires_at,
+        };
+        state.insert(key, entry, now)?;
         Ok(next)
-    }
-
-    /// Drops expired entries once the map has grown, so expired keys cannot pile up.
-    fn sweep_if_large(entries: &mut HashMap<String, Entry>, now: Instant) {
-        if entries.len() >= 10_000 && entries.len().is_power_of_two() {
-            entries.retain(|_, e| e.live(now));
-        }
     }
 }
 
@@ -515,6 +588,52 @@ mod tests {
             kv.increment("s", 1, None).await,
             Err(KvError::Invalid(_))
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn the_memory_store_is_bounded() -> anyhow::Result<()> {
+        let store = MemoryStore::default();
+        let value = vec![b'x'; 1024 * 1024];
+        let mut stored = 0;
+        while store
+            .set(&format!("big{stored}"), &value, None, false)
+            .is_ok()
+        {
+            stored += 1;
+            anyhow::ensure!(stored <= 64, "more than 64 MiB accepted");
+        }
+        anyhow::ensure!(stored >= 60, "only {stored} MiB accepted");
+        // Less than a value's worth of room is left, for small keys such as counters.
+        let mut counters = 0;
+        while store.increment(&format!("c{counters}"), 1, None).is_ok() {
+            counters += 1;
+            anyhow::ensure!(counters < 20_000, "{counters} counters after 1 MiB values");
+        }
+        anyhow::ensure!(matches!(
+            store.set("new", b"1", None, true),
+            Err(KvError::Unavailable(_))
+        ));
+        // Existing keys can still change, e.g. shrink to make room.
+        store.increment("c0", 1, None)?;
+        store.set("big0", b"small", None, false)?;
+        store.increment("new", 1, None)?;
+        Ok(())
+    }
+
+    #[test]
+    fn the_memory_store_sweeps_expired_counters() -> anyhow::Result<()> {
+        let store = MemoryStore::default();
+        let ttl = Some(Duration::from_millis(1));
+        for i in 0..100_000 {
+            store.increment(&format!("rl:{i}"), 1, ttl)?;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        store.lock().last_sweep = None;
+        store.increment("after", 1, None)?;
+        let state = store.lock();
+        anyhow::ensure!(state.entries.len() == 1, "{} entries", state.entries.len());
+        anyhow::ensure!(state.used_bytes == Entry::cost("after", b"1"));
         Ok(())
     }
 

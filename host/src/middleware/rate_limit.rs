@@ -8,6 +8,11 @@
 //! When Redis cannot be reached: `auth` routes fail closed (503: brute-force protection
 //! must not disappear with Redis), other routes fall back to a per-instance counter (the
 //! limit then holds per instance rather than globally).
+//!
+//! A client is an IPv4 address or an IPv6 /64 (one subscriber's usual allocation: rotating
+//! addresses within it buys no new budget). IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`,
+//! what a dual-stack socket reports for IPv4 peers) count as the IPv4 address, also when
+//! matching `TRUSTED_PROXIES`.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -123,7 +128,11 @@ impl RateLimiter {
             RateLimitClass::Default => "default",
             RateLimitClass::Auth => "auth",
         };
-        let key = format!("{}:rl:{class_name}:{client}:{window}", self.key_prefix);
+        let key = format!(
+            "{}:rl:{class_name}:{}:{window}",
+            self.key_prefix,
+            client_key(client)
+        );
         // The key outlives its window slightly so clock skew between instances is harmless.
         let ttl = Some(WINDOW + Duration::from_secs(5));
         let shared = if now_ms() < self.store_down_until_ms.load(Ordering::Relaxed) {
@@ -160,10 +169,35 @@ impl RateLimiter {
     }
 }
 
+/// Whose budget a client draws from: its IPv4 address, or its IPv6 /64.
+fn client_key(client: IpAddr) -> String {
+    match client.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
+            .map(|net| net.trunc().to_string())
+            .unwrap_or_else(|_| v6.to_string()),
+    }
+}
+
+/// `net` in canonical form: an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the
+/// IPv4 network it maps.
+fn canonical_net(net: &ipnet::IpNet) -> ipnet::IpNet {
+    if let ipnet::IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && let Some(prefix) = v6.prefix_len().checked_sub(96)
+        && let Ok(v4) = ipnet::Ipv4Net::new(v4, prefix)
+    {
+        return ipnet::IpNet::V4(v4);
+    }
+    *net
+}
+
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the
-/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+/// right-most `X-Forwarded-For` entry that is not itself a trusted proxy. Addresses are
+/// compared, and returned, in canonical form (IPv4-mapped IPv6 as IPv4).
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| canonical_net(net).contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
@@ -174,6 +208,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) ->
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
         .collect::<Vec<_>>();
     forwarded
         .into_iter()
@@ -216,6 +251,38 @@ mod tests {
             "198.51.100.1".parse::<IpAddr>()?
         );
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+        Ok(())
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_match_trusted_proxies_in_canonical_form() -> anyhow::Result<()> {
+        let mapped: IpAddr = "::ffff:10.0.0.5".parse()?;
+        let headers = xff("198.51.100.1");
+        let client: IpAddr = "198.51.100.1".parse()?;
+        for trusted in [nets(&["10.0.0.0/8"]), nets(&["::ffff:10.0.0.0/104"])] {
+            assert_eq!(client_ip(mapped, &headers, &trusted), client);
+        }
+        let v4: IpAddr = "10.0.0.5".parse()?;
+        assert_eq!(
+            client_ip(v4, &headers, &nets(&["::ffff:10.0.0.0/104"])),
+            client
+        );
+        // Untrusted, a mapped peer is reported as its IPv4 address.
+        assert_eq!(client_ip(mapped, &headers, &[]), v4);
+        Ok(())
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() -> anyhow::Result<()> {
+        let key = |ip: &str| -> anyhow::Result<String> { Ok(client_key(ip.parse()?)) };
+        assert_eq!(
+            key("2001:db8:1:2::1")?,
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")?
+        );
+        assert_eq!(key("2001:db8:1:2::1")?, "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:2::1")?, key("2001:db8:1:3::1")?);
+        assert_eq!(key("192.0.2.7")?, "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7")?, "192.0.2.7");
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 
 use plinth_sdk::db::{self, Autocommit, Row, Statements};
 use plinth_sdk::sql::{self, Value};
-use plinth_sdk::validation::{Fields, is_valid_email};
+use plinth_sdk::validation::{Fields, has_control_chars, is_valid_email};
 use plinth_sdk::{Request, Response};
 use serde::Serialize;
 
@@ -97,6 +97,11 @@ pub fn find_by_id(id: i64) -> Result<Option<User>, Response> {
 
 /// By email (case-insensitive) or, failing that, by username (case-insensitive).
 pub fn find_by_login(login: &str) -> Result<Option<User>, Response> {
+    // No email or username holds a control character: such a login finds nobody, and never
+    // reaches the database (PostgreSQL refuses U+0000 outright; SQLite would compare it).
+    if has_control_chars(login) {
+        return Ok(None);
+    }
     let login = login.trim().to_lowercase();
     let rows = sql::query_read(
         &format!(
@@ -337,9 +342,27 @@ pub fn read_profile_changes(body: &mut Fields) -> UserChanges {
     }
 }
 
+/// Records a problem with field `name` when `value` holds a control character, which no
+/// text field accepts (checked before any trimming: a trailing newline is refused too).
+fn has_control_chars_recorded(fields: &mut Fields, name: &str, value: &str) -> bool {
+    let found = has_control_chars(value);
+    if found {
+        fields.invalid(
+            name,
+            "String should not contain control characters",
+            "string_pattern_mismatch",
+        );
+    }
+    found
+}
+
 /// Email: valid, at most 255 chars; returned trimmed and lower-cased.
 pub fn email_field(fields: &mut Fields, value: Option<String>) -> Option<String> {
-    let email = value?.trim().to_lowercase();
+    let email = value?;
+    if has_control_chars_recorded(fields, "email", &email) {
+        return None;
+    }
+    let email = email.trim().to_lowercase();
     if email.chars().count() > 255 {
         fields.invalid(
             "email",
@@ -388,11 +411,13 @@ pub fn username_field(fields: &mut Fields, value: Option<String>) -> Option<Stri
     }
 }
 
-/// Password: 8–128 Unicode scalar values, never truncated.
+/// Password: 8–128 Unicode scalar values, no control characters, never truncated.
 pub fn password_field(fields: &mut Fields, name: &str, value: Option<String>) -> Option<String> {
     let password = value?;
     let length = password.chars().count();
-    if length < 8 {
+    if has_control_chars_recorded(fields, name, &password) {
+        None
+    } else if length < 8 {
         fields.invalid(
             name,
             "String should have at least 8 characters",
@@ -411,12 +436,13 @@ pub fn password_field(fields: &mut Fields, name: &str, value: Option<String>) ->
     }
 }
 
-/// Full name: optional, at most 255 chars.
+/// Full name: optional, at most 255 chars, no control characters.
 pub fn full_name_field(
     fields: &mut Fields,
     value: Option<Option<String>>,
 ) -> Option<Option<String>> {
     match value? {
+        Some(name) if has_control_chars_recorded(fields, "full_name", &name) => None,
         Some(name) if name.chars().count() > 255 => {
             fields.invalid(
                 "full_name",

@@ -5,12 +5,20 @@
 //! - `refresh:<jti>` → the chain id, while that refresh token may be used;
 //! - `used:<jti>` → set atomically (set-if-absent) when it is used: a second use is reuse;
 //! - `chain:<id>` → present while the chain is alive. Reuse or logout deletes it, which
-//!   retires every refresh token of the chain, the newest included.
+//!   retires every refresh token of the chain, the newest included;
+//! - `login-failures:<account>:<window>` → failed logins of one account (or of one unknown
+//!   login) in a fixed window: past [`LOGIN_FAILURES_PER_ACCOUNT`] login answers 429, so
+//!   guessing one account's password from many addresses is slowed down too.
 
-use plinth_accounts::{self as accounts, NewUser};
+use plinth_accounts::{self as accounts, NewUser, User};
 use plinth_sdk::tokens::{self, TokenKind};
-use plinth_sdk::validation::{Fields, Issue, unprocessable};
+use plinth_sdk::validation::Fields;
 use plinth_sdk::{Handler, Request, Response, kv, passwords, respond};
+
+/// Failed logins one account may have within a window before login answers 429
+/// (documented in the README, "Behaviour where API.md is silent").
+const LOGIN_FAILURES_PER_ACCOUNT: i64 = 10;
+const LOGIN_FAILURE_WINDOW_SECS: u64 = 15 * 60;
 
 struct Auth;
 
@@ -29,7 +37,7 @@ impl Handler for Auth {
 plinth_sdk::export_plugin!(Auth);
 
 fn register(request: &Request) -> Result<Response, Response> {
-    let mut body = Fields::from_json(&request.body)?;
+    let mut body = Fields::from_json_request(request)?;
     let fields = accounts::read_account(&mut body);
     body.finish(&["email", "username", "password", "full_name"])?;
     let (Some(email), Some(username), Some(password)) =
@@ -64,12 +72,20 @@ fn invalid_token() -> Response {
         .with_header("www-authenticate", "Bearer")
 }
 
+/// A token pair; never stored by a cache (API.md "Headers on every response").
+fn token_response(pair: &TokenPair) -> Response {
+    Response::json(200, pair).with_header("cache-control", "no-store")
+}
+
 /// JSON `{email, password}` or the OAuth2 password form `username=&password=`.
 fn login(request: &Request) -> Result<Response, Response> {
-    let is_form = request
-        .header("content-type")
-        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
-    let (login, password) = if is_form {
+    if !request.is_form() && !request.is_json() {
+        return Err(Response::unsupported_media_type(&[
+            "application/json",
+            "application/x-www-form-urlencoded",
+        ]));
+    }
+    let (login, password) = if request.is_form() {
         let mut form = Fields::from_form(&request.body);
         let login = form.required_str("username");
         let password = form.required_str("password");
@@ -97,6 +113,10 @@ fn login(request: &Request) -> Result<Response, Response> {
     // Unknown account, wrong password and inactive account: the same answer, after the
     // same work (the host checks a dummy hash when there is no user).
     let user = accounts::find_by_login(&login)?;
+    let failures = FailedLogins::of(user.as_ref(), &login);
+    if failures.too_many()? {
+        return Err(failures.refusal());
+    }
     let matches =
         match passwords::verify(&password, user.as_ref().map(|u| u.hashed_password.as_str())) {
             Ok(matches) => matches,
@@ -108,10 +128,73 @@ fn login(request: &Request) -> Result<Response, Response> {
         };
     match user {
         Some(user) if matches && user.is_active => {
+            failures.forget()?;
             let pair = issue_pair(&user.id.to_string(), None)?;
-            Ok(Response::json(200, &pair))
+            Ok(token_response(&pair))
         }
-        _ => Err(invalid_credentials()),
+        _ => {
+            failures.record()?;
+            Err(invalid_credentials())
+        }
+    }
+}
+
+/// The failed-login counter of one account in the current fixed window. Unknown logins
+/// are counted by the login itself, so they answer exactly like known accounts.
+struct FailedLogins {
+    key: String,
+    /// Seconds until the window ends.
+    window_left: u64,
+}
+
+impl FailedLogins {
+    fn of(user: Option<&User>, login: &str) -> Self {
+        let account = match user {
+            Some(user) => format!("user:{}", user.id),
+            // Bounded, so any login fits a kv key (no account has a longer one).
+            None => format!(
+                "login:{}",
+                login
+                    .trim()
+                    .to_lowercase()
+                    .chars()
+                    .take(255)
+                    .collect::<String>()
+            ),
+        };
+        let now = now_secs();
+        let window = now / LOGIN_FAILURE_WINDOW_SECS;
+        Self {
+            key: format!("login-failures:{account}:{window}"),
+            window_left: (window + 1) * LOGIN_FAILURE_WINDOW_SECS - now,
+        }
+    }
+
+    fn too_many(&self) -> Result<bool, Response> {
+        let count = kv::get(&self.key)?
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| text.parse::<i64>().ok())
+            .unwrap_or(0);
+        Ok(count >= LOGIN_FAILURES_PER_ACCOUNT)
+    }
+
+    fn record(&self) -> Result<(), Response> {
+        kv::increment(&self.key, 1, Some(self.window_left.max(1) * 1000))?;
+        Ok(())
+    }
+
+    fn forget(&self) -> Result<(), Response> {
+        kv::delete(&self.key)?;
+        Ok(())
+    }
+
+    fn refusal(&self) -> Response {
+        Response::error(
+            429,
+            "RATE_LIMITED",
+            "Too many failed logins for this account; retry later",
+        )
+        .with_header("retry-after", &self.window_left.max(1).to_string())
     }
 }
 
@@ -140,16 +223,26 @@ fn refresh(request: &Request) -> Result<Response, Response> {
         _ => return Err(invalid_token()),
     }
     let pair = issue_pair(&claims.subject, Some(&chain))?;
-    Ok(Response::json(200, &pair))
+    Ok(token_response(&pair))
 }
 
+/// Idempotent (API.md): a genuine refresh token answers 204 even when it is already retired
+/// or revoked; only a malformed, forged or expired one is 401.
 fn logout(request: &Request) -> Result<Response, Response> {
     let token = refresh_token_field(request)?;
-    let claims = verify_refresh(&token)?;
-    if let Some(chain) = chain_of(&claims.token_id)? {
-        kv::delete(&format!("chain:{chain}"))?;
+    match tokens::verify(&token, TokenKind::Refresh) {
+        Ok(claims) => {
+            if let Some(chain) = chain_of(&claims.token_id)? {
+                kv::delete(&format!("chain:{chain}"))?;
+            }
+            kv::delete(&format!("refresh:{}", claims.token_id))?;
+        }
+        // Signed by this host and unexpired, but revoked already (e.g. by a password
+        // change): nothing left to revoke.
+        Err(tokens::Error::Revoked) => {}
+        Err(tokens::Error::Unavailable) => return Err(Response::unavailable("token store")),
+        Err(_) => return Err(invalid_token()),
     }
-    kv::delete(&format!("refresh:{}", claims.token_id))?;
     // The access token sent along stops working at once (deny-listed until its exp).
     if let Some(principal) = &request.principal {
         tokens::revoke(&principal.token_id, principal.expires_at).map_err(token_error)?;
@@ -157,17 +250,15 @@ fn logout(request: &Request) -> Result<Response, Response> {
     Ok(Response::empty(204))
 }
 
+/// The `refresh_token` of the body. An empty string is present but no token: 401.
 fn refresh_token_field(request: &Request) -> Result<String, Response> {
-    let mut body = Fields::from_json(&request.body)?;
+    let mut body = Fields::from_json_request(request)?;
     let token = body.required_str("refresh_token");
     body.finish(&["refresh_token"])?;
-    token.filter(|t| !t.is_empty()).ok_or_else(|| {
-        unprocessable(vec![Issue::new(
-            &["body", "refresh_token"],
-            "Field required",
-            "missing",
-        )])
-    })
+    match token {
+        Some(token) if !token.is_empty() => Ok(token),
+        _ => Err(invalid_token()),
+    }
 }
 
 fn verify_refresh(token: &str) -> Result<tokens::Claims, Response> {

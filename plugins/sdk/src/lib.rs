@@ -91,6 +91,30 @@ impl Request {
     pub fn text(&self) -> Option<&str> {
         std::str::from_utf8(&self.body).ok()
     }
+
+    /// The body's media type: `Content-Type` without parameters, lower-cased.
+    pub fn media_type(&self) -> Option<String> {
+        let content_type = self.header("content-type")?;
+        let media_type = content_type.split(';').next().unwrap_or_default();
+        Some(media_type.trim().to_ascii_lowercase())
+    }
+
+    /// Whether the body may be read as JSON: sent as `application/json` (or a `+json`
+    /// type), or no body and no content type at all (nothing a browser form could send).
+    pub fn is_json(&self) -> bool {
+        match self.media_type() {
+            Some(media_type) => {
+                media_type == "application/json"
+                    || (media_type.starts_with("application/") && media_type.ends_with("+json"))
+            }
+            None => self.body.is_empty(),
+        }
+    }
+
+    /// Whether the body is an HTML form (`application/x-www-form-urlencoded`).
+    pub fn is_form(&self) -> bool {
+        self.media_type().as_deref() == Some("application/x-www-form-urlencoded")
+    }
 }
 
 impl Response {
@@ -146,6 +170,15 @@ impl Response {
     /// 404 `NOT_FOUND`.
     pub fn not_found(detail: &str) -> Self {
         Self::error(404, "NOT_FOUND", detail)
+    }
+
+    /// 415 `UNSUPPORTED_MEDIA_TYPE`: the body was not sent as one of `accepted`.
+    pub fn unsupported_media_type(accepted: &[&str]) -> Self {
+        Self::error(
+            415,
+            "UNSUPPORTED_MEDIA_TYPE",
+            &format!("The request body must be sent as {}", accepted.join(" or ")),
+        )
     }
 
     /// 503 `UNAVAILABLE`: a backend the request needs cannot be reached.

@@ -2,7 +2,7 @@
 //! (FastAPI's): `{"detail": [{"loc": [...], "msg": ..., "type": ...}], "code": "VALIDATION_ERROR"}`.
 //!
 //! ```ignore
-//! let mut body = Fields::from_json(&request.body)?;
+//! let mut body = Fields::from_json_request(&request)?;   // 415 unless sent as JSON
 //! let email = body.required_str("email");
 //! let name = body.optional_str("full_name");
 //! body.finish(&["email", "full_name"])?;   // unknown fields are problems too
@@ -11,7 +11,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::Response;
+use crate::{Request, Response};
 
 /// One problem with the request.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -49,6 +49,15 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// The JSON object body of `request`: 415 unless it was sent as JSON (a cross-site HTML
+    /// form cannot send that without a CORS preflight), 422 unless it is a JSON object.
+    pub fn from_json_request(request: &Request) -> Result<Self, Response> {
+        if !request.is_json() {
+            return Err(Response::unsupported_media_type(&["application/json"]));
+        }
+        Self::from_json(&request.body)
+    }
+
     /// A JSON object body; anything else is a 422 at once.
     pub fn from_json(body: &[u8]) -> Result<Self, Response> {
         let value: Value = serde_json::from_slice(body).map_err(|err| {
@@ -219,6 +228,13 @@ impl Fields {
     }
 }
 
+/// Whether `text` holds a control character (U+0000–U+001F, U+007F), which no text field
+/// accepts (API.md "Users"): PostgreSQL cannot store U+0000, and the rule is the same on
+/// every backend.
+pub fn has_control_chars(text: &str) -> bool {
+    text.chars().any(|c| c.is_ascii_control())
+}
+
 /// A deliberately plain email check: `local@domain.tld`, no spaces, sane lengths.
 pub fn is_valid_email(email: &str) -> bool {
     let Some((local, domain)) = email.rsplit_once('@') else {
@@ -251,6 +267,16 @@ pub fn is_valid_email(email: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters() {
+        for bad in ["a\u{0}b", "tab\there", "line\n", "\u{1f}", "del\u{7f}"] {
+            assert!(has_control_chars(bad), "{bad:?}");
+        }
+        for ok in ["Ana Pérez", "", "a b", "\u{80}é\u{a0}"] {
+            assert!(!has_control_chars(ok), "{ok:?}");
+        }
+    }
 
     #[test]
     fn emails() {

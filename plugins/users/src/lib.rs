@@ -57,7 +57,7 @@ fn path_id(request: &Request) -> Result<i64, Response> {
 }
 
 fn update_me(request: &Request, me: &User) -> Result<Response, Response> {
-    let mut body = Fields::from_json(&request.body)?;
+    let mut body = Fields::from_json_request(request)?;
     let changes = accounts::read_profile_changes(&mut body);
     body.finish(&["email", "username", "full_name"])?;
     apply(me, changes)
@@ -92,7 +92,7 @@ fn delete_me(me: &User) -> Result<Response, Response> {
 }
 
 fn change_password(request: &Request, me: &User) -> Result<Response, Response> {
-    let mut body = Fields::from_json(&request.body)?;
+    let mut body = Fields::from_json_request(request)?;
     let current = body.required_str("current_password");
     let new = body.required_str("new_password");
     let new = accounts::password_field(&mut body, "new_password", new);
@@ -152,7 +152,7 @@ fn list(request: &Request, me: &User) -> Result<Response, Response> {
 
 fn create(request: &Request, me: &User) -> Result<Response, Response> {
     require_superuser(me)?;
-    let mut body = Fields::from_json(&request.body)?;
+    let mut body = Fields::from_json_request(request)?;
     let fields = accounts::read_account(&mut body);
     let is_active = body.optional_bool("is_active");
     let is_superuser = body.optional_bool("is_superuser");
@@ -195,7 +195,7 @@ fn get_one(request: &Request, me: &User) -> Result<Response, Response> {
 fn update_one(request: &Request, me: &User) -> Result<Response, Response> {
     let id = path_id(request)?;
     require_superuser(me)?;
-    let mut body = Fields::from_json(&request.body)?;
+    let mut body = Fields::from_json_request(request)?;
     let profile = accounts::read_profile_changes(&mut body);
     let password = body.optional_non_null_str("password");
     let password = accounts::password_field(&mut body, "password", password);

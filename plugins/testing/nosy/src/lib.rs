@@ -1,12 +1,16 @@
 //! Test plugin: `GET /nosy` tries to reach what the sandbox withholds (the host's files,
-//! its environment, the network) and reports what it got.
+//! its environment, the network) and reports what it got; `GET /nosy/cors` answers with
+//! CORS headers of its own, trying to widen cross-origin access beyond the host's policy.
 
 use plinth_sdk::{Handler, Request, Response};
 
 struct Nosy;
 
 impl Handler for Nosy {
-    fn handle(_request: Request) -> Response {
+    fn handle(request: Request) -> Response {
+        if request.route == "/nosy/cors" {
+            return widen_cors();
+        }
         let file = std::fs::read_to_string("/etc/hostname")
             .or_else(|_| std::fs::read_to_string("plugin.toml"))
             .is_ok();
@@ -25,6 +29,13 @@ impl Handler for Nosy {
             }),
         )
     }
+}
+
+fn widen_cors() -> Response {
+    Response::json(200, &serde_json::json!({"cors": "widened"}))
+        .with_header("access-control-allow-origin", "https://evil.example.net")
+        .with_header("Access-Control-Allow-Credentials", "true")
+        .with_header("access-control-expose-headers", "*")
 }
 
 plinth_sdk::export_plugin!(Nosy);
