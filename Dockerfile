@@ -18,7 +18,11 @@ COPY --from=build /src/target/release/plinth /usr/local/bin/plinth
 # development and never ships. Add a production plugin here explicitly.
 COPY --from=build /src/target/plugins/auth /srv/plinth/plugins/auth
 COPY --from=build /src/target/plugins/users /srv/plinth/plugins/users
+# The shipped operator policy: what each plugin may be granted (APP_ENV=production
+# requires one; mount your own over it).
+COPY --from=build /src/deploy/policy.toml /etc/plinth/policy.toml
 ENV PLUGINS_DIR=/srv/plinth/plugins \
+    PLUGINS_POLICY=/etc/plinth/policy.toml \
     PLUGIN_CACHE_DIR=/var/lib/plinth/plugin-cache \
     BIND_ADDR=0.0.0.0:8080 \
     LOG_FORMAT=json

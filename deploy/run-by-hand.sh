@@ -11,21 +11,27 @@ cd "$(dirname "$0")/.."
 # Secrets have no defaults: a script anyone can read must not decide them.
 : "${JWT_SECRET:?set JWT_SECRET (at least 32 bytes), e.g. export JWT_SECRET=\$(openssl rand -hex 32)}"
 : "${FIRST_SUPERUSER_PASSWORD:?set FIRST_SUPERUSER_PASSWORD (8 to 128 characters) for admin@example.com}"
+: "${DATABASE_ROLE_SECRET:?set DATABASE_ROLE_SECRET (at least 32 bytes), e.g. export DATABASE_ROLE_SECRET=\$(openssl rand -hex 32)}"
 command -v nginx >/dev/null || { echo "nginx is needed: apt-get install nginx-light" >&2; exit 1; }
 bash scripts/services.sh
 bash scripts/build-plugins.sh >/dev/null
 cargo build --release --locked -p plinth-host
 
-db=plinth_by_hand
+# As in docker-compose.yml: the administrative role owns the database and may create roles,
+# but is no superuser; plugins' connections log in as each data set's own role.
+db=plinth_by_hand admin=plinth_by_hand_admin
+psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_roles WHERE rolname='$admin'" | grep -q 1 \
+  || psql -h 127.0.0.1 -U postgres -q -c "CREATE ROLE $admin LOGIN CREATEROLE"
 psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
-  || psql -h 127.0.0.1 -U postgres -q -c "CREATE DATABASE $db"
+  || psql -h 127.0.0.1 -U postgres -q -c "CREATE DATABASE $db OWNER $admin"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; nginx -p "$work" -c "$work/nginx.conf" -s stop 2>/dev/null; rm -rf "$work"' EXIT
 
 export APP_ENV=production LOG_FORMAT=json TRUSTED_PROXIES=127.0.0.1
 export JWT_SECRET FIRST_SUPERUSER_PASSWORD
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+export DATABASE_URL="postgres://$admin@127.0.0.1:5432/$db" PLUGINS_POLICY=deploy/policy.toml
+export DATABASE_ROLE_SECRET
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export FIRST_SUPERUSER_EMAIL=admin@example.com FIRST_SUPERUSER_USERNAME=admin
 for port in 8081 8082; do

@@ -175,7 +175,7 @@ async fn a_flood_of_ready_probes_checks_the_backends_about_once_a_second(backend
     let host = TestHost::builder()
         .backend(&backend)
         .env("DATABASE_MAX_CONNECTIONS", "2")
-        .env("RUST_LOG", "info,plinth_host::pipeline=debug")
+        .env("RUST_LOG", "info,plinth_host::readiness=debug")
         .start(&plugins);
     let (_, tokens) = host.user("prober").await;
 

@@ -158,8 +158,9 @@ impl PgBackend {
             serving,
         } = self.names(data_set);
         let (schema_q, owner_q, serving_q) = (quote(&schema), quote(&owner), quote(&serving));
-        let attributes =
-            "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS";
+        // What a CREATEROLE administrator may set; a role it creates is never superuser,
+        // replication or BYPASSRLS, and a role found with those is refused below.
+        let attributes = "LOGIN NOCREATEDB NOCREATEROLE NOINHERIT";
         let mut tx = self
             .admin
             .begin()
@@ -176,22 +177,31 @@ impl PgBackend {
                     .fetch_one(&mut *tx)
                     .await?;
             if !exists {
-                (&mut *tx)
-                    .execute(sqlx::raw_sql(&format!("CREATE ROLE {}", quote(role))))
-                    .await?;
+                let create = format!("CREATE ROLE {}", quote(role));
+                (&mut *tx).execute(sqlx::raw_sql(&create)).await?;
             }
             // The password is hex: safe to inline (utility statements take no parameters).
-            (&mut *tx)
-                .execute(sqlx::raw_sql(&format!(
-                    "ALTER ROLE {} WITH {attributes} PASSWORD '{}'",
-                    quote(role),
-                    self.password(role)
-                )))
-                .await?;
+            let alter = format!(
+                "ALTER ROLE {} WITH {attributes} PASSWORD '{}'",
+                quote(role),
+                self.password(role)
+            );
+            (&mut *tx).execute(sqlx::raw_sql(&alter)).await?;
+            let privileged: bool = sqlx::query_scalar(
+                "SELECT rolsuper OR rolreplication OR rolbypassrls FROM pg_roles \
+                 WHERE rolname = $1",
+            )
+            .bind(role)
+            .fetch_one(&mut *tx)
+            .await?;
+            anyhow::ensure!(
+                !privileged,
+                "role `{role}` is a superuser, a replication role or bypasses row security: \
+                 a data set is never served through such a role"
+            );
         }
-        (&mut *tx)
-            .execute(sqlx::raw_sql(&format!(
-                "GRANT {owner_q} TO CURRENT_USER; \
+        let grants = format!(
+            "GRANT {owner_q} TO CURRENT_USER; \
              CREATE SCHEMA IF NOT EXISTS {schema_q} AUTHORIZATION {owner_q}; \
              REVOKE ALL ON SCHEMA {schema_q} FROM PUBLIC; \
              GRANT USAGE ON SCHEMA {schema_q} TO {serving_q}; \
@@ -199,8 +209,8 @@ impl PgBackend {
                GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {serving_q}; \
              ALTER DEFAULT PRIVILEGES FOR ROLE {owner_q} IN SCHEMA {schema_q} \
                GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {serving_q};"
-            )))
-            .await?;
+        );
+        (&mut *tx).execute(sqlx::raw_sql(&grants)).await?;
         tx.commit().await?;
         Ok(())
     }
