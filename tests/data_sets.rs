@@ -219,13 +219,16 @@ async fn migrations_apply_at_runtime_and_bad_ones_are_refused(backend: Backend) 
     std::fs::write(&first, format!("{original}\n-- edited\n")).expect("editing");
     let reply = host.admin_reload("sqlprobe", &root.access).await;
     reply.expect(422, Some("VALIDATION_ERROR"));
+    let reason = reply.body.to_string();
     assert!(
-        reply
-            .body
-            .to_string()
-            .contains("0001_notes.sql was changed after it was applied"),
-        "{}",
-        reply.body
+        reason.contains("0001_notes.sql was changed after it was applied"),
+        "{reason}"
+    );
+    // Files are named relative to PLUGINS_DIR, never by where the host keeps them.
+    assert!(reason.contains("sqlprobe/plugin.toml"), "{reason}");
+    assert!(
+        !reason.contains(&plugins.path().display().to_string()),
+        "{reason}"
     );
     assert_eq!(count_notes(&host, "v1").await, 1);
 

@@ -1,7 +1,7 @@
 //! API.md "Users": every row with its success and each listed error, on SQLite and on
 //! PostgreSQL + Redis; plus start-up data and a database outage.
 
-use plinth_tests::{Backend, TestHost, on_both_backends};
+use plinth_tests::{Backend, PluginsDir, TestHost, on_both_backends};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -17,6 +17,7 @@ on_both_backends!(
     superuser_deletes_users_but_not_themself,
     no_change_leaves_no_active_superuser,
     two_superusers_demoting_each_other_at_once_leave_one,
+    deactivated_or_deleted_users_tokens_stop_working_on_every_route,
 );
 
 async fn patch(host: &TestHost, path: &str, token: &str, body: Value) -> plinth_tests::api::Reply {
@@ -519,4 +520,109 @@ async fn two_superusers_demoting_each_other_at_once_leave_one(backend: Backend) 
         .await
         .expect(200, None);
     }
+}
+
+async fn deactivated_or_deleted_users_tokens_stop_working_on_every_route(backend: Backend) {
+    // `hello` behind `auth = "required"`: a plugin that knows nothing of accounts, so
+    // only the host's verification stands between a stale token and the route.
+    let plugins = PluginsDir::with(&["auth", "users"]);
+    plugins.deploy_as("hello", "hello", |m| {
+        m.replace(
+            "path = \"/hello/{name}\"",
+            "path = \"/hello/{name}\"\nauth = \"required\"",
+        )
+    });
+    let host = TestHost::builder()
+        .backend(&backend)
+        .with_root()
+        .start(&plugins);
+    let root = host.root_tokens().await;
+    let (ann, ann_tokens) = host.user("ann").await;
+    let (bob, bob_tokens) = host.user("bob").await;
+    for tokens in [&ann_tokens, &bob_tokens] {
+        host.get_as("/hello/x", &tokens.access)
+            .await
+            .expect(200, None);
+    }
+    patch(
+        &host,
+        &format!("/api/v1/users/{}", ann["id"]),
+        &root.access,
+        json!({"is_active": false}),
+    )
+    .await
+    .expect(200, None);
+    delete(&host, &format!("/api/v1/users/{}", bob["id"]), &root.access)
+        .await
+        .expect(204, None);
+    for tokens in [&ann_tokens, &bob_tokens] {
+        host.get_as("/hello/x", &tokens.access)
+            .await
+            .expect(401, Some("NOT_AUTHENTICATED"));
+    }
+    // Reactivated, ann logs in again and is served.
+    patch(
+        &host,
+        &format!("/api/v1/users/{}", ann["id"]),
+        &root.access,
+        json!({"is_active": true}),
+    )
+    .await
+    .expect(200, None);
+    let fresh = host.tokens("ann@example.com", "password-ann").await;
+    host.get_as("/hello/x", &fresh.access)
+        .await
+        .expect(200, None);
+}
+
+/// What decides access is read from the primary: with a read replica that lags (here,
+/// an empty database standing in for one that has not caught up), login, the current
+/// user and a demotion still take effect at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_is_decided_by_the_primary_not_the_replica() {
+    let backend = Backend::postgres();
+    let replica = Backend::postgres();
+    let plugins = PluginsDir::with(&["auth", "users"]);
+    let host = TestHost::builder()
+        .backend(&backend)
+        .env(
+            "DATABASE_READ_URL",
+            replica.database_url().expect("a PostgreSQL URL"),
+        )
+        .with_root()
+        .start(&plugins);
+    let root = host.root_tokens().await;
+    let (cat, cat_tokens) = host.user("cat").await;
+    host.get_as("/api/v1/users/me", &cat_tokens.access)
+        .await
+        .expect(200, None);
+    let cat_path = format!("/api/v1/users/{}", cat["id"]);
+    patch(
+        &host,
+        &cat_path,
+        &root.access,
+        json!({"is_superuser": true}),
+    )
+    .await
+    .expect(200, None);
+    // Promoted on the primary: allowed at once.
+    host.get_as(&format!("/api/v1/users/{}", cat["id"]), &cat_tokens.access)
+        .await
+        .expect(200, None);
+    patch(
+        &host,
+        &cat_path,
+        &root.access,
+        json!({"is_superuser": false}),
+    )
+    .await
+    .expect(200, None);
+    let root_path = format!(
+        "/api/v1/users/{}",
+        host.get_as("/api/v1/users/me", &root.access).await.body["id"]
+    );
+    // Demoted on the primary: refused at once.
+    host.get_as(&root_path, &cat_tokens.access)
+        .await
+        .expect(403, Some("FORBIDDEN"));
 }

@@ -430,8 +430,11 @@ impl Registry {
             Err(err) => {
                 let reason = format!("{err:#}");
                 tracing::warn!(plugin = %name, %reason, "change refused; the current version keeps serving");
-                self.record(name, Some(reason.clone()));
-                Err(reason)
+                // The admin API names files relative to PLUGINS_DIR: where the host's
+                // files live is the operator's business (the log line above has it).
+                let shown = reason.replace(&format!("{}/", self.plugins_dir.display()), "");
+                self.record(name, Some(shown.clone()));
+                Err(shown)
             }
         }
     }

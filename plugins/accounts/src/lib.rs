@@ -87,8 +87,10 @@ fn first_user(rows: &sql::Rows) -> Result<Option<User>, Response> {
     }
 }
 
+/// Read from the primary, never a replica: what it returns decides access (a demotion or
+/// deactivation takes effect at once).
 pub fn find_by_id(id: i64) -> Result<Option<User>, Response> {
-    let rows = sql::query_read(
+    let rows = sql::query(
         &format!("SELECT {COLUMNS} FROM users WHERE id = $1"),
         &[Value::Integer(id)],
     )?;
@@ -103,7 +105,8 @@ pub fn find_by_login(login: &str) -> Result<Option<User>, Response> {
         return Ok(None);
     }
     let login = login.trim().to_lowercase();
-    let rows = sql::query_read(
+    // The primary: a password just changed must be the one checked.
+    let rows = sql::query(
         &format!(
             "SELECT {COLUMNS} FROM users WHERE lower(email) = $1 OR lower(username) = $1 \
              ORDER BY id LIMIT 1"

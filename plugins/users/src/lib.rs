@@ -87,7 +87,7 @@ fn delete_me(me: &User) -> Result<Response, Response> {
         ));
     }
     accounts::delete(me.id)?;
-    revoke_sessions(me.id)?;
+    revoke_all_tokens(me.id)?;
     Ok(Response::empty(204))
 }
 
@@ -130,7 +130,19 @@ fn change_password(request: &Request, me: &User) -> Result<Response, Response> {
 
 /// Every refresh chain of the user stops working.
 fn revoke_sessions(user_id: i64) -> Result<(), Response> {
-    tokens::revoke_subject(&user_id.to_string(), TokenKind::Refresh).map_err(|err| match err {
+    revoke(user_id, TokenKind::Refresh)
+}
+
+/// A deactivated or deleted user's access tokens stop working everywhere at once, not only
+/// here: every plugin's `auth = "required"` route is checked by the host, which knows
+/// nothing of accounts but honours revocations.
+fn revoke_all_tokens(user_id: i64) -> Result<(), Response> {
+    revoke(user_id, TokenKind::Refresh)?;
+    revoke(user_id, TokenKind::Access)
+}
+
+fn revoke(user_id: i64, kind: TokenKind) -> Result<(), Response> {
+    tokens::revoke_subject(&user_id.to_string(), kind).map_err(|err| match err {
         tokens::Error::Unavailable => Response::unavailable("token store"),
         other => Response::internal(&format!("tokens: {other:?}")),
     })
@@ -235,7 +247,9 @@ fn update_one(request: &Request, me: &User) -> Result<Response, Response> {
     } else {
         apply(&user, changes)?
     };
-    if password_changed || is_active == Some(false) {
+    if is_active == Some(false) {
+        revoke_all_tokens(id)?;
+    } else if password_changed {
         revoke_sessions(id)?;
     }
     Ok(response)
@@ -256,6 +270,6 @@ fn delete_one(request: &Request, me: &User) -> Result<Response, Response> {
     if !deleted {
         return Err(Response::not_found("User not found"));
     }
-    revoke_sessions(id)?;
+    revoke_all_tokens(id)?;
     Ok(Response::empty(204))
 }
