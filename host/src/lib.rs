@@ -6,11 +6,15 @@
 //!
 //! ## The flow
 //!
-//! 1. **Start-up** ([`Application::build`]): read [`Config`] from the environment, create
-//!    the [`plugins::runtime::PluginEngine`] (pooling allocator, epoch ticker), load every
-//!    plugin in `PLUGINS_DIR` ([`plugins::load_all`]: manifest → compile → check imports
-//!    against grants → link granted [`capabilities`] → `instantiate_pre`), build one
-//!    [`plugins::routes::RouteTable`] (conflicts are errors), bind the socket.
+//! 1. **Start-up** ([`Application::build`]): read [`Config`] from the environment, open
+//!    the shared [`capabilities`] (the database backend, the key-value store, tokens,
+//!    password hashing) and read the operator policy, create the
+//!    [`plugins::runtime::PluginEngine`] (pooling allocator, epoch ticker), load every
+//!    plugin in `PLUGINS_DIR` ([`plugins::load_all`]: manifest → grants checked against
+//!    the policy → compile → check imports against grants → link granted capabilities →
+//!    `instantiate_pre` → prepare its data set and apply its migrations → smoke
+//!    instantiation), build one [`plugins::routes::RouteTable`] (conflicts are errors),
+//!    create the first superuser in the accounts data set, bind the socket.
 //! 2. **Serving** ([`Application::run_until`]): hyper accepts connections within the
 //!    limits of [`connections`] (cap, header and idle timeouts); each request goes through
 //!    [`pipeline::handle`], the one place the request path is composed.
