@@ -119,17 +119,26 @@ impl PgBackend {
             prefix,
             role_secret: role_secret.to_vec(),
         };
-        let db = quote(&database);
-        (&backend.admin)
-            .execute(sqlx::raw_sql(&format!(
-                "REVOKE CREATE, TEMPORARY ON DATABASE {db} FROM PUBLIC; \
-             REVOKE ALL ON SCHEMA public FROM PUBLIC;"
-            )))
-            .await
-            .context(
-                "closing the database to PUBLIC (DATABASE_URL must be the database's owner or a \
+        // Hosts starting together would otherwise collide on the catalog ("tuple
+        // concurrently updated"): the same lock as provisioning.
+        let close = format!(
+            "REVOKE CREATE, TEMPORARY ON DATABASE {} FROM PUBLIC; \
+             REVOKE ALL ON SCHEMA public FROM PUBLIC;",
+            quote(&database)
+        );
+        let closed = async {
+            let mut tx = backend.admin.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock_key("plinth:provision"))
+                .execute(&mut *tx)
+                .await?;
+            (&mut *tx).execute(sqlx::raw_sql(&close)).await?;
+            tx.commit().await
+        };
+        closed.await.context(
+            "closing the database to PUBLIC (DATABASE_URL must be the database's owner or a \
              superuser)",
-            )?;
+        )?;
         Ok(backend)
     }
 
