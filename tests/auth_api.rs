@@ -18,6 +18,9 @@ on_both_backends!(
     token_types_are_not_interchangeable,
     logout_revokes_the_chain_and_the_access_token,
     forged_and_expired_tokens_are_refused,
+    concurrent_refreshes_with_one_token_leave_no_live_chain_behind,
+    logout_racing_refresh_leaves_the_chain_dead,
+    a_chain_cannot_be_refreshed_past_its_max_lifetime,
 );
 
 fn claims_of(jwt: &str) -> (Value, Value) {
@@ -431,4 +434,134 @@ async fn forged_and_expired_tokens_are_refused(backend: Backend) {
         .await
         .expect("GET");
     assert_eq!(basic.status(), 401);
+}
+
+async fn refresh(host: &TestHost, refresh_token: &str) -> plinth_tests::api::Reply {
+    host.post_json(
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": refresh_token}),
+    )
+    .await
+}
+
+fn refresh_token_of(reply: &plinth_tests::api::Reply) -> String {
+    reply.body["refresh_token"]
+        .as_str()
+        .expect("refresh_token")
+        .to_owned()
+}
+
+/// Races are probabilistic: enough rounds that the old unconditional rotation lost one.
+const RACE_ROUNDS: usize = 15;
+
+async fn concurrent_refreshes_with_one_token_leave_no_live_chain_behind(backend: Backend) {
+    let (_plugins, host) = TestHost::start_api(&backend);
+    let (_, _) = host.user("ivy").await;
+    for round in 0..RACE_ROUNDS {
+        let tokens = host.tokens("ivy@example.com", "password-ivy").await;
+        let (a, b) = tokio::join!(
+            refresh(&host, &tokens.refresh),
+            refresh(&host, &tokens.refresh)
+        );
+        let winners: Vec<&plinth_tests::api::Reply> =
+            [&a, &b].into_iter().filter(|r| r.status == 200).collect();
+        assert!(
+            winners.len() <= 1,
+            "round {round}: one token gave two pairs ({}, {})",
+            a.body,
+            b.body
+        );
+        for reply in [&a, &b] {
+            assert!(
+                reply.status == 200 || (reply.status == 401 && reply.code() == "INVALID_TOKEN"),
+                "round {round}: {} {}",
+                reply.status,
+                reply.body
+            );
+        }
+        let reuse_seen = a.status == 401 || b.status == 401;
+        if let (Some(winner), true) = (winners.first(), reuse_seen) {
+            refresh(&host, &refresh_token_of(winner))
+                .await
+                .expect(401, Some("INVALID_TOKEN"));
+        }
+    }
+}
+
+/// Waits `delay` with finer grain than tokio's millisecond timer.
+async fn pause(delay: std::time::Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < delay {
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn logout_racing_refresh_leaves_the_chain_dead(backend: Backend) {
+    let (_plugins, host) = TestHost::start_api(&backend);
+    let (_, _) = host.user("jay").await;
+    for round in 0..2 * RACE_ROUNDS {
+        let tokens = host.tokens("jay@example.com", "password-jay").await;
+        // Which one wins depends on timing: shift the logout from well before to well
+        // after the refresh, so that some rounds land in the middle of the rotation.
+        let offset = 100 * (round as i64 - RACE_ROUNDS as i64);
+        let early = std::time::Duration::from_micros(offset.unsigned_abs());
+        let (refreshed, logged_out) = tokio::join!(
+            async {
+                if offset < 0 {
+                    pause(early).await;
+                }
+                refresh(&host, &tokens.refresh).await
+            },
+            async {
+                if offset > 0 {
+                    pause(early).await;
+                }
+                host.post_json(
+                    "/api/v1/auth/logout",
+                    json!({"refresh_token": tokens.refresh}),
+                )
+                .await
+            }
+        );
+        logged_out.expect(204, None);
+        // Whichever came first, logging out with a chain's token ends that chain.
+        if refreshed.status == 200 {
+            let reply = refresh(&host, &refresh_token_of(&refreshed)).await;
+            assert_eq!(
+                (reply.status, reply.code()),
+                (401, "INVALID_TOKEN"),
+                "round {round}: the refreshed chain survived its logout"
+            );
+        } else {
+            refreshed.expect(401, Some("INVALID_TOKEN"));
+        }
+    }
+}
+
+async fn a_chain_cannot_be_refreshed_past_its_max_lifetime(backend: Backend) {
+    let plugins = plinth_tests::PluginsDir::with(&["auth", "users"]);
+    let host = TestHost::builder()
+        .backend(&backend)
+        .env("REFRESH_TOKEN_MAX_LIFETIME", "3")
+        .start(&plugins);
+    let (_, tokens) = host.user("kim").await;
+    let (_, first_claims) = claims_of(&tokens.refresh);
+    let chain_start = first_claims["iat"].as_u64().expect("iat");
+    assert!(first_claims["exp"].as_u64().expect("exp") <= chain_start + 3);
+
+    let renewed = refresh(&host, &tokens.refresh).await;
+    renewed.expect(200, None);
+    let newest = refresh_token_of(&renewed);
+    let (_, claims) = claims_of(&newest);
+    assert!(
+        claims["exp"].as_u64().expect("exp") <= chain_start + 3,
+        "a renewed token outlives its chain: {claims}"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    refresh(&host, &newest)
+        .await
+        .expect(401, Some("INVALID_TOKEN"));
+    // A new login starts a new chain.
+    let fresh = host.tokens("kim@example.com", "password-kim").await;
+    refresh(&host, &fresh.refresh).await.expect(200, None);
 }

@@ -128,3 +128,43 @@ async fn a_redis_outage_is_503_on_authenticated_routes_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A refresh that fails on the way (here: the database is gone) must not retire the token:
+/// the client's retry once the database is back is no reuse. Only PostgreSQL can be cut
+/// from outside; SQLite has no such transient failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_failing_on_the_way_can_be_retried() {
+    let backend = Backend::postgres();
+    let direct = backend.database_url().expect("postgres url");
+    let proxy = CuttableProxy::start(resolve("127.0.0.1:5432")).await;
+    let via_proxy = direct.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let plugins = PluginsDir::with(&["auth", "users"]);
+    let host = TestHost::builder()
+        .backend(&backend)
+        .env("DATABASE_URL", via_proxy)
+        .start(&plugins);
+    let (_, tokens) = host.user("rue").await;
+    let body = serde_json::json!({"refresh_token": tokens.refresh});
+
+    proxy.cut();
+    host.post_json("/api/v1/auth/refresh", body.clone())
+        .await
+        .expect(503, Some("UNAVAILABLE"));
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let retried = loop {
+        let reply = host.post_json("/api/v1/auth/refresh", body.clone()).await;
+        if reply.status != 503 || Instant::now() >= deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    retried.expect(200, None);
+    let newest = retried.body["refresh_token"].as_str().expect("refresh");
+    host.post_json(
+        "/api/v1/auth/refresh",
+        serde_json::json!({"refresh_token": newest}),
+    )
+    .await
+    .expect(200, None);
+}

@@ -162,9 +162,16 @@ impl Config {
             secret,
             access_ttl: Duration::from_secs(parse_or(&get, "ACCESS_TOKEN_TTL_SECONDS", 1800)?),
             refresh_ttl: Duration::from_secs(parse_or(&get, "REFRESH_TOKEN_TTL_SECONDS", 604_800)?),
+            refresh_max_lifetime: Duration::from_secs(parse_or(
+                &get,
+                "REFRESH_TOKEN_MAX_LIFETIME",
+                2_592_000,
+            )?),
         };
         ensure!(
-            !tokens.access_ttl.is_zero() && !tokens.refresh_ttl.is_zero(),
+            !tokens.access_ttl.is_zero()
+                && !tokens.refresh_ttl.is_zero()
+                && !tokens.refresh_max_lifetime.is_zero(),
             "token lifetimes must be positive"
         );
         let first_superuser = match (
@@ -349,6 +356,7 @@ mod tests {
             ("MAX_BODY_BYTES", "-1"),
             ("JWT_SECRET", "too-short"),
             ("ACCESS_TOKEN_TTL_SECONDS", "soon"),
+            ("REFRESH_TOKEN_MAX_LIFETIME", "forever"),
             ("FIRST_SUPERUSER_EMAIL", "root@example.com"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("CORS_ALLOWED_ORIGINS", "example.com"),

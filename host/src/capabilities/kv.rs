@@ -209,6 +209,38 @@ impl KvStore {
         }
     }
 
+    /// Replaces the value at `key` only if it is `expected` (`None`: absent); `new` of
+    /// `None` deletes it. True when it was replaced.
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError> {
+        match self {
+            Self::Memory(store) => store.compare_and_swap(key, expected, new, ttl),
+            Self::Redis(conn) => {
+                // EVAL rather than EVALSHA: refreshes are rare, and the script's text is
+                // small; it runs atomically either way.
+                let mut conn = conn.clone();
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(COMPARE_AND_SWAP_LUA).arg(1).arg(key);
+                match expected {
+                    Some(value) => cmd.arg("1").arg(value),
+                    None => cmd.arg("0").arg(""),
+                };
+                match new {
+                    Some(value) => cmd.arg("1").arg(value),
+                    None => cmd.arg("0").arg(""),
+                };
+                cmd.arg(ttl.map(ttl_ms).unwrap_or(0));
+                let swapped: i64 = redis_call(cmd.query_async(&mut conn)).await?;
+                Ok(swapped == 1)
+            }
+        }
+    }
+
     /// Remaining time to live of `key`, if it exists and expires.
     pub async fn ttl(&self, key: &str) -> Result<Option<Duration>, KvError> {
         match self {
@@ -222,6 +254,26 @@ impl KvStore {
         }
     }
 }
+
+/// KEYS[1]; ARGV: has-expected, expected, has-new, new, ttl-ms (0: none).
+const COMPARE_AND_SWAP_LUA: &str = r"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+if ARGV[3] == '1' then
+  if ARGV[5] ~= '0' then
+    redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+  else
+    redis.call('SET', KEYS[1], ARGV[4])
+  end
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+";
 
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -390,6 +442,35 @@ impl MemoryStore {
             }
             None => false,
         }
+    }
+
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, KvError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if state.live(key, now).map(|e| e.value.as_slice()) != expected {
+            return Ok(false);
+        }
+        match new {
+            Some(value) => {
+                let entry = Entry {
+                    value: value.to_vec(),
+                    expires_at: ttl.map(|t| now + t),
+                };
+                state.insert(key, entry, now)?;
+            }
+            None => {
+                if let Some(old) = state.entries.remove(key) {
+                    state.used_bytes -= Entry::cost(key, &old.value);
+                }
+            }
+        }
+        Ok(true)
     }
 
     fn increment(&self, key: &str, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
@@ -562,6 +643,37 @@ impl wit::Host for KvInstance {
             .await
             .map_err(Error::from))
     }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<bool, Error>> {
+        let kv = self.kv()?;
+        Ok(Self::checked_compare_and_swap(kv, &key, expected, new, ttl_ms).await)
+    }
+}
+
+impl KvInstance {
+    async fn checked_compare_and_swap(
+        kv: &PluginKv,
+        key: &str,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, Error> {
+        if let Some(value) = &new {
+            check_value(value)?;
+        }
+        let key = kv.key(key)?;
+        let ttl = ttl(ttl_ms)?;
+        Ok(kv
+            .store
+            .compare_and_swap(&key, expected.as_deref(), new.as_deref(), ttl)
+            .await?)
+    }
 }
 
 #[cfg(test)]
@@ -588,6 +700,37 @@ mod tests {
             kv.increment("s", 1, None).await,
             Err(KvError::Invalid(_))
         ));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn compare_and_swap_changes_only_the_expected_value() -> anyhow::Result<()> {
+        let kv = KvStore::connect(None).await?;
+        assert!(
+            !kv.compare_and_swap("k", Some(b"a"), Some(b"b"), None)
+                .await?
+        );
+        assert!(kv.compare_and_swap("k", None, Some(b"a"), None).await?);
+        assert!(!kv.compare_and_swap("k", None, Some(b"x"), None).await?);
+        assert!(
+            !kv.compare_and_swap("k", Some(b"b"), Some(b"x"), None)
+                .await?
+        );
+        assert!(
+            kv.compare_and_swap("k", Some(b"a"), Some(b"b"), None)
+                .await?
+        );
+        assert_eq!(kv.get("k").await?, Some(b"b".to_vec()));
+        assert!(kv.compare_and_swap("k", Some(b"b"), None, None).await?);
+        assert_eq!(kv.get("k").await?, None);
+        // An expired value counts as absent.
+        kv.set("t", b"a", Some(Duration::from_millis(10))).await?;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            !kv.compare_and_swap("t", Some(b"a"), Some(b"b"), None)
+                .await?
+        );
+        assert!(kv.compare_and_swap("t", None, Some(b"b"), None).await?);
         Ok(())
     }
 

@@ -48,6 +48,8 @@ pub struct TokenConfig {
     pub ephemeral_secret: bool,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    /// How long a chain of refresh tokens may be renewed, from its first token.
+    pub refresh_max_lifetime: Duration,
 }
 
 impl std::fmt::Debug for TokenConfig {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for TokenConfig {
             .field("secret", &"<redacted>")
             .field("access_ttl", &self.access_ttl)
             .field("refresh_ttl", &self.refresh_ttl)
+            .field("refresh_max_lifetime", &self.refresh_max_lifetime)
             .finish()
     }
 }
@@ -112,6 +115,7 @@ pub struct TokenService {
     validation: Validation,
     access_ttl: Duration,
     refresh_ttl: Duration,
+    refresh_max_lifetime: Duration,
     kv: KvStore,
     key_prefix: String,
 }
@@ -154,6 +158,7 @@ impl TokenService {
             validation,
             access_ttl: config.access_ttl,
             refresh_ttl: config.refresh_ttl,
+            refresh_max_lifetime: config.refresh_max_lifetime,
             kv,
             key_prefix: key_prefix.to_owned(),
         }
@@ -166,13 +171,47 @@ impl TokenService {
         }
     }
 
+    /// A token of `kind`; a refresh token starts a chain (see [`Self::issue_refresh`]).
     pub fn issue(&self, subject: &str, kind: TokenKind) -> Result<Issued, TokenError> {
         let now = now_secs();
+        let lifetime = match kind {
+            TokenKind::Access => self.access_ttl,
+            TokenKind::Refresh => self.refresh_ttl.min(self.refresh_max_lifetime),
+        };
+        self.sign(subject, kind, now, now + lifetime.as_secs())
+    }
+
+    /// The next refresh token of a chain begun at `chain_started_at`: it never outlives the
+    /// chain's absolute lifetime, so an old chain cannot be renewed forever.
+    pub fn issue_refresh(
+        &self,
+        subject: &str,
+        chain_started_at: u64,
+    ) -> Result<Issued, TokenError> {
+        let now = now_secs();
+        // A start in the future would lengthen the chain: count it as starting now.
+        let chain_ends = chain_started_at
+            .min(now)
+            .saturating_add(self.refresh_max_lifetime.as_secs());
+        if chain_ends <= now {
+            return Err(TokenError::Expired);
+        }
+        let expires_at = chain_ends.min(now + self.refresh_ttl.as_secs());
+        self.sign(subject, TokenKind::Refresh, now, expires_at)
+    }
+
+    fn sign(
+        &self,
+        subject: &str,
+        kind: TokenKind,
+        now: u64,
+        expires_at: u64,
+    ) -> Result<Issued, TokenError> {
         let claims = JwtClaims {
             sub: subject.to_owned(),
             iat: now,
             nbf: now,
-            exp: now + self.ttl(kind).as_secs(),
+            exp: expires_at,
             jti: uuid::Uuid::now_v7().to_string(),
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
@@ -333,6 +372,19 @@ impl wit::Host for TokensInstance {
         Ok(service.issue(&subject, kind).map_err(Error::from))
     }
 
+    async fn issue_refresh(
+        &mut self,
+        subject: String,
+        chain_started_at: u64,
+    ) -> wasmtime::Result<Result<Issued, Error>> {
+        let Some(service) = self.may(TokenOperation::Issue) else {
+            return Ok(Err(Error::NotPermitted));
+        };
+        Ok(service
+            .issue_refresh(&subject, chain_started_at)
+            .map_err(Error::from))
+    }
+
     async fn verify(
         &mut self,
         token: String,
@@ -383,6 +435,7 @@ mod tests {
             ephemeral_secret: false,
             access_ttl: Duration::from_secs(60),
             refresh_ttl: Duration::from_secs(600),
+            refresh_max_lifetime: Duration::from_secs(3600),
         };
         Ok(TokenService::new(
             &config,
@@ -423,6 +476,7 @@ mod tests {
                 ephemeral_secret: false,
                 access_ttl: Duration::from_secs(60),
                 refresh_ttl: Duration::from_secs(60),
+                refresh_max_lifetime: Duration::from_secs(3600),
             },
             KvStore::connect(None).await?,
             "t",

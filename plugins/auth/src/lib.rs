@@ -2,10 +2,13 @@
 //!
 //! Refresh tokens are single-use and belong to a *chain* that starts at login. State in
 //! the plugin's kv namespace (Redis when configured, so every host instance sees it):
-//! - `refresh:<jti>` → the chain id, while that refresh token may be used;
-//! - `used:<jti>` → set atomically (set-if-absent) when it is used: a second use is reuse;
-//! - `chain:<id>` → present while the chain is alive. Reuse or logout deletes it, which
-//!   retires every refresh token of the chain, the newest included;
+//! - `refresh:<jti>` → the chain id, for every refresh token the chain has issued;
+//! - `chain:<id>` → `<started-at>:<jti of the newest refresh token>` while the chain is
+//!   alive. Only the newest token may be used; presenting an older one is reuse. Rotation
+//!   replaces the value by compare-and-swap, so of two uses of one token at most one wins,
+//!   and a chain that reuse or logout deleted can never be written back. The token is
+//!   retired only by that swap, the last step: a refresh failing before it (a 503) leaves
+//!   the token usable for the client's retry;
 //! - `login-failures:<account>:<window>` → failed logins of one account (or of one unknown
 //!   login) in a fixed window: past [`LOGIN_FAILURES_PER_ACCOUNT`] login answers 429, so
 //!   guessing one account's password from many addresses is slowed down too.
@@ -129,7 +132,7 @@ fn login(request: &Request) -> Result<Response, Response> {
     match user {
         Some(user) if matches && user.is_active => {
             failures.forget()?;
-            let pair = issue_pair(&user.id.to_string(), None)?;
+            let pair = issue_pair(&user.id.to_string())?;
             Ok(token_response(&pair))
         }
         _ => {
@@ -202,30 +205,79 @@ fn refresh(request: &Request) -> Result<Response, Response> {
     let token = refresh_token_field(request)?;
     let claims = verify_refresh(&token)?;
     let chain = chain_of(&claims.token_id)?.ok_or_else(invalid_token)?;
-
-    // Single use, atomically: whoever sets `used:` first owns this rotation.
-    let first_use = kv::set_if_absent(
-        &format!("used:{}", claims.token_id),
-        b"1",
-        Some(remaining_ms(claims.expires_at)),
-    )?;
-    if !first_use {
-        plinth_sdk::log::warn("refresh token reuse: revoking its chain");
-        kv::delete(&format!("chain:{chain}"))?;
+    let chain_key = format!("chain:{chain}");
+    let Some(state) = kv::get(&chain_key)? else {
         return Err(invalid_token());
-    }
-    if kv::get(&format!("chain:{chain}"))?.is_none() {
-        return Err(invalid_token());
+    };
+    let link = ChainLink::parse(&state).ok_or_else(invalid_token)?;
+    if link.newest != claims.token_id {
+        return Err(reuse(&chain_key));
     }
     let user_id: i64 = claims.subject.parse().map_err(|_| invalid_token())?;
     match accounts::find_by_id(user_id)? {
         Some(user) if user.is_active => {}
         _ => return Err(invalid_token()),
     }
-    let pair = issue_pair(&claims.subject, Some(&chain))?;
-    Ok(token_response(&pair))
+
+    let access = tokens::issue(&claims.subject, TokenKind::Access).map_err(token_error)?;
+    let refresh = tokens::issue_refresh(&claims.subject, link.started_at).map_err(|err| {
+        match err {
+            // The chain reached its absolute lifetime.
+            tokens::Error::Expired => invalid_token(),
+            other => token_error(other),
+        }
+    })?;
+    let ttl = Some(remaining_ms(refresh.claims.expires_at));
+    kv::set(
+        &format!("refresh:{}", refresh.claims.token_id),
+        chain.as_bytes(),
+        ttl,
+    )?;
+    let next = ChainLink {
+        started_at: link.started_at,
+        newest: refresh.claims.token_id.clone(),
+    };
+    // Commits the rotation, and retires the presented token, only if nothing else used
+    // it (or ended the chain) since it was read.
+    if !kv::compare_and_swap(&chain_key, Some(&state), Some(&next.to_bytes()), ttl)? {
+        return Err(reuse(&chain_key));
+    }
+    Ok(token_response(&pair(access, refresh)))
 }
 
+/// A retired refresh token was presented, or one token was used twice at once: whoever
+/// holds it may have stolen it, so the whole chain ends, its newest token included.
+fn reuse(chain_key: &str) -> Response {
+    plinth_sdk::log::warn("refresh token reuse: revoking its chain");
+    match kv::delete(chain_key) {
+        Ok(_) => invalid_token(),
+        Err(err) => err.into(),
+    }
+}
+
+/// The value of `chain:<id>`: when the chain began and its newest refresh token.
+struct ChainLink {
+    started_at: u64,
+    newest: String,
+}
+
+impl ChainLink {
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        let (started_at, newest) = std::str::from_utf8(bytes).ok()?.split_once(':')?;
+        Some(Self {
+            started_at: started_at.parse().ok()?,
+            newest: newest.to_owned(),
+        })
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        format!("{}:{}", self.started_at, self.newest).into_bytes()
+    }
+}
+
+/// Deleting the chain needs no compare-and-swap: a rotation racing the logout swaps only
+/// from the value it read, so it cannot write the chain back.
+///
 /// Idempotent (API.md): a genuine refresh token answers 204 even when it is already retired
 /// or revoked; only a malformed, forged or expired one is 401.
 fn logout(request: &Request) -> Result<Response, Response> {
@@ -298,19 +350,23 @@ struct TokenPair {
     expires_in: u64,
 }
 
-/// Issues an access + refresh pair; the refresh token joins `chain` or starts a new one.
-fn issue_pair(subject: &str, chain: Option<&str>) -> Result<TokenPair, Response> {
+/// Issues an access + refresh pair whose refresh token starts a new chain (at login).
+fn issue_pair(subject: &str) -> Result<TokenPair, Response> {
     let access = tokens::issue(subject, TokenKind::Access).map_err(token_error)?;
     let refresh = tokens::issue(subject, TokenKind::Refresh).map_err(token_error)?;
-    let chain = chain.map_or_else(|| refresh.claims.token_id.clone(), str::to_owned);
+    let chain = &refresh.claims.token_id;
     let ttl = Some(remaining_ms(refresh.claims.expires_at));
-    kv::set(&format!("chain:{chain}"), b"1", ttl)?;
-    kv::set(
-        &format!("refresh:{}", refresh.claims.token_id),
-        chain.as_bytes(),
-        ttl,
-    )?;
-    Ok(TokenPair {
+    let link = ChainLink {
+        started_at: refresh.claims.issued_at,
+        newest: chain.clone(),
+    };
+    kv::set(&format!("refresh:{chain}"), chain.as_bytes(), ttl)?;
+    kv::set(&format!("chain:{chain}"), &link.to_bytes(), ttl)?;
+    Ok(pair(access, refresh))
+}
+
+fn pair(access: tokens::Issued, refresh: tokens::Issued) -> TokenPair {
+    TokenPair {
         access_token: access.token,
         refresh_token: refresh.token,
         token_type: "bearer",
@@ -318,5 +374,5 @@ fn issue_pair(subject: &str, chain: Option<&str>) -> Result<TokenPair, Response>
             .claims
             .expires_at
             .saturating_sub(access.claims.issued_at),
-    })
+    }
 }
