@@ -24,7 +24,7 @@ pub mod sqlite;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -119,7 +119,7 @@ enum Pools {
 pub struct SqlService {
     backend: Backend,
     max_connections: u32,
-    /// Pools by data set (and, on PostgreSQL, statement timeout: it is a connection setting).
+    /// Pools by data set and statement timeout (a connection setting on both backends).
     pools: tokio::sync::Mutex<HashMap<(String, u128), Pools>>,
     /// Data sets whose namespace exists (provisioned by this process).
     provisioned: tokio::sync::Mutex<std::collections::HashSet<String>>,
@@ -206,25 +206,24 @@ impl SqlService {
             let pools = self.pools(data_set, statement_timeout).await?;
             Ok(Arc::new(DataSet {
                 name: data_set.to_owned(),
-                statement_timeout,
                 pools,
             }))
         })
     }
 
     async fn pools(&self, data_set: &str, statement_timeout: Duration) -> anyhow::Result<Pools> {
-        let key = match self.backend {
-            Backend::Sqlite(_) => (data_set.to_owned(), 0),
-            Backend::Postgres(_) => (data_set.to_owned(), statement_timeout.as_millis()),
-        };
+        // The statement timeout is a connection setting on both backends.
+        let key = (data_set.to_owned(), statement_timeout.as_millis());
         let mut open = self.pools.lock().await;
         if let Some(pools) = open.get(&key) {
             return Ok(pools.clone());
         }
         let pools = match &self.backend {
-            Backend::Sqlite(sqlite) => {
-                Pools::Sqlite(sqlite.open(data_set, self.max_connections).await?)
-            }
+            Backend::Sqlite(sqlite) => Pools::Sqlite(
+                sqlite
+                    .open(data_set, statement_timeout, self.max_connections)
+                    .await?,
+            ),
             Backend::Postgres(pg) => {
                 Pools::Postgres(pg.open(data_set, statement_timeout, self.max_connections))
             }
@@ -239,12 +238,9 @@ impl SqlService {
         let open = self.pools.lock().await;
         open.iter()
             .find(|((name, _), _)| name == data_set)
-            .map(|((name, timeout_ms), pools)| {
+            .map(|((name, _), pools)| {
                 Arc::new(DataSet {
                     name: name.clone(),
-                    statement_timeout: Duration::from_millis(
-                        (*timeout_ms).try_into().unwrap_or(u64::MAX).max(5_000),
-                    ),
                     pools: pools.clone(),
                 })
             })
@@ -294,11 +290,11 @@ impl SqlService {
     }
 }
 
-/// One data set as a plugin version uses it: its pools and the plugin's statement timeout.
+/// One data set as a plugin version uses it: its pools, whose connections cancel a
+/// statement at the plugin's time limit.
 #[derive(Debug)]
 pub struct DataSet {
     name: String,
-    statement_timeout: Duration,
     pools: Pools,
 }
 
@@ -374,16 +370,12 @@ impl DataSet {
         })
     }
 
-    /// A SQLite connection whose statements are interrupted at the timeout.
+    /// A SQLite connection (its statements are interrupted at the pool's timeout).
     async fn sqlite_connection(
         &self,
         pool: &sqlx::SqlitePool,
     ) -> Result<PoolConnection<Sqlite>, Error> {
-        let mut conn = pool.acquire().await.map_err(into_wit_error)?;
-        sqlite::arm_deadline(&mut conn, Instant::now() + self.statement_timeout)
-            .await
-            .map_err(into_wit_error)?;
-        Ok(conn)
+        pool.acquire().await.map_err(into_wit_error)
     }
 
     /// Starts a transaction on a connection of its own, held until commit or rollback.
@@ -410,7 +402,6 @@ impl DataSet {
             };
             Ok(Transaction {
                 connection: Some(connection),
-                statement_timeout: self.statement_timeout,
             })
         })
     }
@@ -427,7 +418,6 @@ enum TransactionConnection {
 /// transaction survives its holder.
 pub struct Transaction {
     connection: Option<TransactionConnection>,
-    statement_timeout: Duration,
 }
 
 impl std::fmt::Debug for Transaction {
@@ -452,12 +442,8 @@ impl Transaction {
     ) -> BoxFuture<'a, Result<Rows, Error>> {
         Box::pin(async move {
             guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
-            let deadline = Instant::now() + self.statement_timeout;
             match self.connection()? {
                 TransactionConnection::Sqlite(conn) => {
-                    sqlite::arm_deadline(conn, deadline)
-                        .await
-                        .map_err(into_wit_error)?;
                     let rows = bind_all_sqlite(sqlx::query(statement), params)
                         .fetch_all(&mut **conn)
                         .await
@@ -482,12 +468,8 @@ impl Transaction {
     ) -> BoxFuture<'a, Result<u64, Error>> {
         Box::pin(async move {
             guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
-            let deadline = Instant::now() + self.statement_timeout;
             let done = match self.connection()? {
                 TransactionConnection::Sqlite(conn) => {
-                    sqlite::arm_deadline(conn, deadline)
-                        .await
-                        .map_err(into_wit_error)?;
                     bind_all_sqlite(sqlx::query(statement), params)
                         .execute(&mut **conn)
                         .await
@@ -548,15 +530,7 @@ fn finish(
             }};
         }
         match connection {
-            TransactionConnection::Sqlite(mut conn) => {
-                // Ending must not be cut short by the last statement's deadline.
-                let far = Instant::now() + Duration::from_secs(60);
-                if sqlite::arm_deadline(&mut conn, far).await.is_err() {
-                    let _ = conn.close().await;
-                    return Err(Error::Unavailable);
-                }
-                end!(conn)
-            }
+            TransactionConnection::Sqlite(conn) => end!(conn),
             TransactionConnection::Postgres(conn) => end!(conn),
         }
         .map_err(into_wit_error)
@@ -1057,7 +1031,7 @@ mod tests {
             );
         }
         // A statement that would run forever is interrupted at the deadline.
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let endless = ds
             .query(
                 "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) \

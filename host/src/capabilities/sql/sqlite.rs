@@ -9,24 +9,27 @@
 //!   on the transaction pool's connections (the host ends every transaction it starts);
 //!   schema changes only while the host applies a migration; never `PRAGMA`, temporary
 //!   objects, `load_extension`, or the host's `_plinth_migrations` table;
-//! - every statement runs under a progress handler that interrupts it at its deadline.
+//! - every statement is interrupted once it has run for the plugin's time limit (a trace
+//!   callback notes when it starts, the progress handler compares).
 //!
 //! The authorizer is set through `libsqlite3-sys`, the crate sqlx itself links, because
-//! sqlx has no API for it; the `unsafe` is confined to [`install_policy`] and the callback.
+//! sqlx has no API for it (nor for the trace callback); the `unsafe` is confined to the
+//! two `install_` functions and the callbacks.
 
 #![allow(unsafe_code)]
 
-use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use libsqlite3_sys as ffi;
+use sqlx::Connection;
 use sqlx::Executor as _;
-use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions};
-use sqlx::{Connection, Sqlite};
 
 use super::migrations::{AppliedMigration, MIGRATIONS_TABLE, Migration};
 
@@ -103,15 +106,28 @@ impl SqliteBackend {
         self.base.clone().filename(self.file_of(data_set))
     }
 
-    /// The serving and transaction pools of a data set.
-    pub async fn open(&self, data_set: &str, max_connections: u32) -> anyhow::Result<SqlitePools> {
+    /// The serving and transaction pools of a data set, whose statements are interrupted
+    /// after `statement_timeout`.
+    pub async fn open(
+        &self,
+        data_set: &str,
+        statement_timeout: Duration,
+        max_connections: u32,
+    ) -> anyhow::Result<SqlitePools> {
         let options = self.options(data_set);
         let pool = |policy: &'static Policy, max: u32| {
             SqlitePoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(super::ACQUIRE_TIMEOUT)
+                // In-process connections gain nothing from recycling, and each carries a
+                // small statement clock for its whole life (see `install_statement_clock`).
+                .idle_timeout(None)
+                .max_lifetime(None)
                 .after_connect(move |conn, _| {
-                    Box::pin(async move { install_policy(conn, policy).await })
+                    Box::pin(async move {
+                        install_policy(conn, policy).await?;
+                        install_statement_clock(conn, statement_timeout).await
+                    })
                 })
                 .connect_with(options.clone())
         };
@@ -201,15 +217,78 @@ pub struct SqlitePools {
     pub transactions: SqlitePool,
 }
 
-/// Arms the connection's progress handler: a statement still running at `deadline` is
-/// interrupted (SQLite answers `SQLITE_INTERRUPT`, which the plugin sees as `timed-out`).
-pub async fn arm_deadline(
-    conn: &mut PoolConnection<Sqlite>,
-    deadline: Instant,
+/// When a connection's running statement started, and how long one may run.
+#[derive(Debug)]
+struct StatementClock {
+    /// Nanoseconds since [`clock_origin`].
+    started: AtomicU64,
+    limit_nanos: u64,
+}
+
+fn clock_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn nanos_since_origin() -> u64 {
+    u64::try_from(clock_origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Interrupts any statement of this connection still running after `limit` (SQLite
+/// answers `SQLITE_INTERRUPT`, which the plugin sees as `timed-out`). Installed once per
+/// connection: a trace callback notes when each statement starts and the progress handler
+/// compares, so nothing is done per statement from the async side.
+async fn install_statement_clock(
+    conn: &mut SqliteConnection,
+    limit: Duration,
 ) -> Result<(), sqlx::Error> {
+    // Leaked on purpose: SQLite holds the pointer for the connection's whole life and sqlx
+    // has no close hook to free it. The pools never recycle connections, so this is one
+    // small allocation per connection opened.
+    let clock: &'static StatementClock = Box::leak(Box::new(StatementClock {
+        started: AtomicU64::new(nanos_since_origin()),
+        limit_nanos: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
+    }));
     let mut handle = conn.lock_handle().await?;
-    handle.set_progress_handler(PROGRESS_STEPS, move || Instant::now() < deadline);
-    Ok(())
+    let db = handle.as_raw_handle().as_ptr();
+    let context = std::ptr::from_ref(clock).cast_mut().cast::<c_void>();
+    // SAFETY: `db` is a live connection handle, and the locked handle guarantees that
+    // sqlx's worker thread makes no call on it meanwhile. `clock` is 'static; the
+    // callbacks only read it and store to its atomic. sqlx sets no trace callback and no
+    // progress handler of its own on these connections.
+    let status = unsafe {
+        ffi::sqlite3_progress_handler(db, PROGRESS_STEPS, Some(past_deadline), context);
+        ffi::sqlite3_trace_v2(db, STATEMENT_STARTS, Some(statement_started), context)
+    };
+    if status == ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(sqlx::Error::Protocol(format!(
+            "cannot install the SQLite statement clock (code {status})"
+        )))
+    }
+}
+
+/// `SQLITE_TRACE_STMT`: called when a statement starts running.
+const STATEMENT_STARTS: c_uint = 1;
+
+unsafe extern "C" fn statement_started(
+    _event: c_uint,
+    clock: *mut c_void,
+    _statement: *mut c_void,
+    _sql: *mut c_void,
+) -> c_int {
+    // SAFETY: `clock` is the `&'static StatementClock` given in `install_statement_clock`.
+    let clock = unsafe { &*clock.cast::<StatementClock>() };
+    clock.started.store(nanos_since_origin(), Ordering::Relaxed);
+    0
+}
+
+unsafe extern "C" fn past_deadline(clock: *mut c_void) -> c_int {
+    // SAFETY: as in `statement_started`.
+    let clock = unsafe { &*clock.cast::<StatementClock>() };
+    let running = nanos_since_origin().saturating_sub(clock.started.load(Ordering::Relaxed));
+    c_int::from(running > clock.limit_nanos)
 }
 
 /// Sets `policy` as the connection's authorizer and forbids attaching databases.
