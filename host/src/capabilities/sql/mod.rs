@@ -40,9 +40,11 @@ use crate::bindings::plinth::plugin::sql::{self as wit, BackendKind, Error, Rows
 
 pub use migrations::Migration;
 
-/// Futures of the database calls are boxed as `Send` where they are made: rustc cannot
-/// otherwise prove sqlx's executor futures `Send` for every lifetime once they are nested
-/// in the server's connection future.
+/// Futures of the database calls are boxed as `Send` where they are made: nested in the
+/// server's connection future, rustc fails to prove sqlx's generic executor futures `Send`
+/// for every lifetime ("implementation of `Executor` is not general enough"). For the same
+/// reason SQL text runs as `executor.execute(sqlx::raw_sql(..))`, whose future is already
+/// boxed, rather than `raw_sql(..).execute(executor)`.
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// How long a statement waits for a pooled connection before answering `unavailable`.
