@@ -18,6 +18,7 @@ on_both_backends!(
     no_change_leaves_no_active_superuser,
     two_superusers_demoting_each_other_at_once_leave_one,
     deactivated_or_deleted_users_tokens_stop_working_on_every_route,
+    revocation_does_not_depend_on_the_issuing_hosts_clock,
 );
 
 async fn patch(host: &TestHost, path: &str, token: &str, body: Value) -> plinth_tests::api::Reply {
@@ -625,4 +626,54 @@ async fn access_is_decided_by_the_primary_not_the_replica() {
     host.get_as(&root_path, &cat_tokens.access)
         .await
         .expect(403, Some("FORBIDDEN"));
+}
+
+/// An access token as a host whose clock runs a minute ahead would issue it: its `jti`
+/// (a UUIDv7) carries that host's time. Signed with the test key, like any host's.
+fn token_from_a_clock_ahead(subject: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let ahead_ms = (now + 60) * 1000;
+    let jti = format!(
+        "{:08x}-{:04x}-7abc-8def-0123456789ab",
+        ahead_ms >> 16,
+        ahead_ms & 0xffff
+    );
+    let claims = json!({
+        "sub": subject, "iat": now, "nbf": now, "exp": now + 600, "jti": jti,
+        "iss": "plinth", "aud": "plinth-api", "type": "access",
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(plinth_tests::TEST_JWT_SECRET.as_bytes()),
+    )
+    .expect("signing")
+}
+
+async fn revocation_does_not_depend_on_the_issuing_hosts_clock(backend: Backend) {
+    let (_plugins, host, root) = TestHost::start_api_with_root(&backend).await;
+    let (dan, _) = host.user("dan").await;
+    let dan_path = format!("/api/v1/users/{}", dan["id"]);
+    let ahead = token_from_a_clock_ahead(&dan["id"].to_string());
+    host.get_as("/api/v1/users/me", &ahead)
+        .await
+        .expect(200, None);
+    // Deactivating revokes every access token of dan; reactivating leaves them revoked.
+    for active in [false, true] {
+        patch(&host, &dan_path, &root.access, json!({"is_active": active}))
+            .await
+            .expect(200, None);
+    }
+    // A token from a host whose clock ran ahead is revoked too (a revocation compared
+    // with issue times would have let it live for the minute of skew).
+    host.get_as("/api/v1/users/me", &ahead)
+        .await
+        .expect(401, Some("NOT_AUTHENTICATED"));
+    let fresh = host.tokens("dan@example.com", "password-dan").await;
+    host.get_as("/api/v1/users/me", &fresh.access)
+        .await
+        .expect(200, None);
 }

@@ -1,12 +1,14 @@
 //! `tokens`: JWTs issued and verified by the host; the signing key never enters a plugin.
 //!
 //! HS256 only (the algorithm is pinned: `none` and every other algorithm are rejected),
-//! claims `sub iat nbf exp jti iss aud type`. Revocation state lives in the key-value
+//! claims `sub iat nbf exp jti iss aud type gen`. Revocation state lives in the key-value
 //! store (Redis when configured), so every host instance sees it:
 //! - `<prefix>:tokens:revoked:<jti>` — one token, until its `exp`;
-//! - `<prefix>:tokens:subject:<sub>:<type>` — every token of that type issued to `sub` up
-//!   to the stored instant (milliseconds; a token's issue instant is read from its `jti`,
-//!   a UUIDv7, so a token issued right after a revocation is not caught by it).
+//! - `<prefix>:tokens:generation:<sub>:<type>` — a counter that revoking every token of
+//!   that type of `sub` increments; a token carries the generation it was issued under
+//!   (`gen`) and is refused once the counter has moved past it. No clock is compared, so
+//!   hosts whose clocks disagree agree on what is revoked. The counter has no expiry (one
+//!   that expired would bring its older tokens back).
 //!
 //! The same verification serves the route auth policy (`auth = "required"`) in the
 //! pipeline and plugins holding the `verify` grant.
@@ -74,6 +76,10 @@ struct JwtClaims {
     aud: String,
     #[serde(rename = "type")]
     kind: String,
+    /// The subject's revocation generation when issued (absent in tokens from before
+    /// generations: 0).
+    #[serde(default, rename = "gen")]
+    generation: u64,
 }
 
 /// Why a token was refused (host side; plugins see the WIT `error`).
@@ -164,30 +170,25 @@ impl TokenService {
         }
     }
 
-    fn ttl(&self, kind: TokenKind) -> Duration {
-        match kind {
-            TokenKind::Access => self.access_ttl,
-            TokenKind::Refresh => self.refresh_ttl,
-        }
-    }
-
     /// A token of `kind`; a refresh token starts a chain (see [`Self::issue_refresh`]).
-    pub fn issue(&self, subject: &str, kind: TokenKind) -> Result<Issued, TokenError> {
+    pub async fn issue(&self, subject: &str, kind: TokenKind) -> Result<Issued, TokenError> {
+        let generation = self.generation(subject, kind).await?;
         let now = now_secs();
         let lifetime = match kind {
             TokenKind::Access => self.access_ttl,
             TokenKind::Refresh => self.refresh_ttl.min(self.refresh_max_lifetime),
         };
-        self.sign(subject, kind, now, now + lifetime.as_secs())
+        self.sign(subject, kind, now, now + lifetime.as_secs(), generation)
     }
 
     /// The next refresh token of a chain begun at `chain_started_at`: it never outlives the
     /// chain's absolute lifetime, so an old chain cannot be renewed forever.
-    pub fn issue_refresh(
+    pub async fn issue_refresh(
         &self,
         subject: &str,
         chain_started_at: u64,
     ) -> Result<Issued, TokenError> {
+        let generation = self.generation(subject, TokenKind::Refresh).await?;
         let now = now_secs();
         // A start in the future would lengthen the chain: count it as starting now.
         let chain_ends = chain_started_at
@@ -197,7 +198,14 @@ impl TokenService {
             return Err(TokenError::Expired);
         }
         let expires_at = chain_ends.min(now + self.refresh_ttl.as_secs());
-        self.sign(subject, TokenKind::Refresh, now, expires_at)
+        self.sign(subject, TokenKind::Refresh, now, expires_at, generation)
+    }
+
+    /// The subject's current revocation generation of `kind` (0 until first revoked).
+    /// Unreadable, it refuses to issue: a token must not predate a revocation it missed.
+    async fn generation(&self, subject: &str, kind: TokenKind) -> Result<u64, TokenError> {
+        let stored = self.kv.get(&self.generation_key(subject, kind)).await?;
+        Ok(parse_generation(stored.as_deref()))
     }
 
     fn sign(
@@ -206,6 +214,7 @@ impl TokenService {
         kind: TokenKind,
         now: u64,
         expires_at: u64,
+        generation: u64,
     ) -> Result<Issued, TokenError> {
         let claims = JwtClaims {
             sub: subject.to_owned(),
@@ -216,6 +225,7 @@ impl TokenService {
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
             kind: kind_name(kind).to_owned(),
+            generation,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|_| TokenError::Invalid)?;
@@ -248,19 +258,12 @@ impl TokenService {
         }
         // Both revocation checks in one round trip.
         let revoked_key = self.revoked_key(&claims.jti);
-        let subject_key = self.subject_key(&claims.sub, kind);
-        let state = self.kv.get_many(&[&revoked_key, &subject_key]).await?;
+        let generation_key = self.generation_key(&claims.sub, kind);
+        let state = self.kv.get_many(&[&revoked_key, &generation_key]).await?;
         if state.first().is_some_and(Option::is_some) {
             return Err(TokenError::Revoked);
         }
-        if let Some(cutoff) = state
-            .get(1)
-            .cloned()
-            .flatten()
-            .and_then(|v| String::from_utf8(v).ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            && issued_at_ms(&claims) <= cutoff
-        {
+        if claims.generation < parse_generation(state.get(1).and_then(Option::as_deref)) {
             return Err(TokenError::Revoked);
         }
         Ok(Claims {
@@ -287,14 +290,11 @@ impl TokenService {
         Ok(())
     }
 
+    /// Revokes every token of `kind` issued to `subject` so far: one atomic increment of
+    /// its generation.
     pub async fn revoke_subject(&self, subject: &str, kind: TokenKind) -> Result<(), TokenError> {
-        let now_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or_default();
         self.kv
-            .set(
-                &self.subject_key(subject, kind),
-                now_ms.to_string().as_bytes(),
-                Some(self.ttl(kind) + Duration::from_secs(1)),
-            )
+            .increment(&self.generation_key(subject, kind), 1, None)
             .await?;
         Ok(())
     }
@@ -303,25 +303,21 @@ impl TokenService {
         format!("{}:tokens:revoked:{jti}", self.key_prefix)
     }
 
-    fn subject_key(&self, subject: &str, kind: TokenKind) -> String {
+    fn generation_key(&self, subject: &str, kind: TokenKind) -> String {
         format!(
-            "{}:tokens:subject:{subject}:{}",
+            "{}:tokens:generation:{subject}:{}",
             self.key_prefix,
             kind_name(kind)
         )
     }
 }
 
-/// When the token was issued, in milliseconds: from its UUIDv7 `jti` when it is one.
-fn issued_at_ms(claims: &JwtClaims) -> u64 {
-    uuid::Uuid::parse_str(&claims.jti)
-        .ok()
-        .and_then(|id| id.get_timestamp())
-        .map(|ts| {
-            let (secs, nanos) = ts.to_unix();
-            secs * 1000 + u64::from(nanos / 1_000_000)
-        })
-        .unwrap_or(claims.iat * 1000)
+/// A stored generation counter (absent: 0).
+fn parse_generation(stored: Option<&[u8]>) -> u64 {
+    stored
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The token operations one plugin holds.
@@ -369,7 +365,7 @@ impl wit::Host for TokensInstance {
         let Some(service) = self.may(TokenOperation::Issue) else {
             return Ok(Err(Error::NotPermitted));
         };
-        Ok(service.issue(&subject, kind).map_err(Error::from))
+        Ok(service.issue(&subject, kind).await.map_err(Error::from))
     }
 
     async fn issue_refresh(
@@ -382,6 +378,7 @@ impl wit::Host for TokensInstance {
         };
         Ok(service
             .issue_refresh(&subject, chain_started_at)
+            .await
             .map_err(Error::from))
     }
 
@@ -447,7 +444,7 @@ mod tests {
     #[tokio::test]
     async fn issued_tokens_verify_with_their_kind_only() -> anyhow::Result<()> {
         let tokens = service().await?;
-        let access = tokens.issue("7", TokenKind::Access)?;
+        let access = tokens.issue("7", TokenKind::Access).await?;
         let claims = tokens.verify(&access.token, TokenKind::Access).await?;
         assert_eq!(claims.subject, "7");
         assert_eq!(
@@ -460,7 +457,7 @@ mod tests {
     #[tokio::test]
     async fn forged_tokens_are_refused() -> anyhow::Result<()> {
         let tokens = service().await?;
-        let access = tokens.issue("7", TokenKind::Access)?;
+        let access = tokens.issue("7", TokenKind::Access).await?;
         // alg=none with the same claims.
         let parts: Vec<&str> = access.token.split('.').collect();
         let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0"; // {"alg":"none","typ":"JWT"}
@@ -481,7 +478,7 @@ mod tests {
             KvStore::connect(None).await?,
             "t",
         );
-        let foreign = other.issue("7", TokenKind::Access)?;
+        let foreign = other.issue("7", TokenKind::Access).await?;
         assert_eq!(
             tokens.verify(&foreign.token, TokenKind::Access).await.err(),
             Some(TokenError::Invalid)
@@ -492,7 +489,7 @@ mod tests {
     #[tokio::test]
     async fn revoking_until_the_end_of_time_is_kept_bounded() -> anyhow::Result<()> {
         let tokens = service().await?;
-        let a = tokens.issue("7", TokenKind::Access)?;
+        let a = tokens.issue("7", TokenKind::Access).await?;
         // Used to overflow the in-process store's clock and panic the host.
         tokens.revoke(&a.claims.token_id, u64::MAX).await?;
         assert!(matches!(
@@ -505,7 +502,7 @@ mod tests {
     #[tokio::test]
     async fn revocation_by_id_and_by_subject() -> anyhow::Result<()> {
         let tokens = service().await?;
-        let a = tokens.issue("7", TokenKind::Access)?;
+        let a = tokens.issue("7", TokenKind::Access).await?;
         tokens
             .revoke(&a.claims.token_id, a.claims.expires_at)
             .await?;
@@ -514,7 +511,7 @@ mod tests {
             Some(TokenError::Revoked)
         );
 
-        let r = tokens.issue("7", TokenKind::Refresh)?;
+        let r = tokens.issue("7", TokenKind::Refresh).await?;
         tokio::time::sleep(Duration::from_millis(2)).await;
         tokens.revoke_subject("7", TokenKind::Refresh).await?;
         assert_eq!(
@@ -522,7 +519,7 @@ mod tests {
             Some(TokenError::Revoked)
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
-        let fresh = tokens.issue("7", TokenKind::Refresh)?;
+        let fresh = tokens.issue("7", TokenKind::Refresh).await?;
         assert!(
             tokens
                 .verify(&fresh.token, TokenKind::Refresh)
