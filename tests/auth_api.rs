@@ -1,4 +1,4 @@
-//! API.md "Auth": every row with its success and each listed error, on SQLite and on
+//! docs/API.md "Auth": every row with its success and each listed error, on SQLite and on
 //! PostgreSQL + Redis.
 
 use base64::Engine;

@@ -1,4 +1,4 @@
-//! What the API accepts, identically on SQLite and PostgreSQL + Redis (API.md "Users",
+//! What the API accepts, identically on SQLite and PostgreSQL + Redis (docs/API.md "Users",
 //! "Auth", the error table): no control characters in text, JSON bodies only as JSON (415),
 //! an empty refresh token is a bad token (401), and logout is idempotent.
 

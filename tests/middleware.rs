@@ -1,4 +1,4 @@
-//! Cross-cutting behaviour on every route (API.md "Headers on every response",
+//! Cross-cutting behaviour on every route (docs/API.md "Headers on every response",
 //! "Cross-cutting behaviour"): CORS, rate limiting, access logs.
 
 use std::net::ToSocketAddrs;

@@ -1,4 +1,4 @@
-//! Headers on responses (API.md "Headers on every response", "Cross-cutting behaviour"):
+//! Headers on responses (docs/API.md "Headers on every response", "Cross-cutting behaviour"):
 //! `X-Content-Type-Options` everywhere, `Cache-Control: no-store` where tokens travel, and
 //! CORS headers only from the host's policy, never from a plugin.
 

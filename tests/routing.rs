@@ -1,5 +1,5 @@
 //! Requests reach the plugin chosen by the manifests, and the host's own answers (404,
-//! 405, 413, request ids) have API.md's shape.
+//! 405, 413, request ids) have docs/API.md's shape.
 
 use plinth_tests::{PluginsDir, TestHost, json_body};
 

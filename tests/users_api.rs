@@ -1,4 +1,4 @@
-//! API.md "Users": every row with its success and each listed error, on SQLite and on
+//! docs/API.md "Users": every row with its success and each listed error, on SQLite and on
 //! PostgreSQL + Redis; plus start-up data and a database outage.
 
 use plinth_tests::{Backend, PluginsDir, TestHost, on_both_backends};

@@ -1,4 +1,4 @@
-//! The admin API (API.md "Platform endpoints"), for superusers:
+//! The admin API (docs/API.md "Platform endpoints"), for superusers:
 //! - `GET /admin/plugins` — every plugin: name, version, content hash, routes, loaded_at,
 //!   state, last error, and counters since it was loaded (requests, traps, timeouts,
 //!   invalid responses, rejections);

@@ -1,4 +1,4 @@
-//! Configuration, read once at start-up from the environment (see API.md, "Configuration").
+//! Configuration, read once at start-up from the environment (see docs/API.md, "Configuration").
 //!
 //! Every variable is parsed here and nowhere else, so a bad value is reported at start-up
 //! with the variable named, never later on the request path.
@@ -15,7 +15,7 @@ use crate::capabilities::tokens::TokenConfig;
 use crate::connections::ConnectionLimits;
 use crate::middleware::cors::CorsPolicy;
 
-/// Shortest `JWT_SECRET` accepted (API.md).
+/// Shortest `JWT_SECRET` accepted (docs/API.md).
 const MIN_SECRET_BYTES: usize = 32;
 
 fn random_secret() -> Vec<u8> {

@@ -1,7 +1,7 @@
 //! The one place where failures become HTTP responses.
 //!
 //! Every non-2xx response the host itself produces goes through [`ApiError::into_response`],
-//! so the body always has API.md's shape: `{"detail": ..., "code": ...}`. A 5xx detail is
+//! so the body always has docs/API.md's shape: `{"detail": ..., "code": ...}`. A 5xx detail is
 //! a fixed sentence chosen here: causes (trap messages, SQL, paths) go to the log, never to
 //! the client.
 
@@ -167,7 +167,7 @@ struct ErrorBody<'a> {
     code: &'a str,
 }
 
-/// A JSON response with API.md's content type.
+/// A JSON response with docs/API.md's content type.
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     // Serialising our own plain structs cannot fail; an empty object is the safe fallback.
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());

@@ -1,4 +1,4 @@
-//! `plinth`: the Plinth host. Configuration comes from the environment (see API.md).
+//! `plinth`: the Plinth host. Configuration comes from the environment (see docs/API.md).
 
 use plinth_host::{Application, Config, server, telemetry};
 

@@ -152,7 +152,7 @@ fn log_access(
     });
 }
 
-/// Headers the host sets on every response, whoever produced it (API.md "Headers on every
+/// Headers the host sets on every response, whoever produced it (docs/API.md "Headers on every
 /// response"); a plugin's value for them is replaced.
 fn set_host_headers(response: &mut Response<Body>, request_id: &str) {
     let headers = response.headers_mut();

@@ -4,7 +4,7 @@ use http::HeaderMap;
 
 pub const HEADER: &str = "x-request-id";
 
-/// Longest client-supplied id kept (API.md).
+/// Longest client-supplied id kept (docs/API.md).
 const MAX_LEN: usize = 128;
 
 /// The client's id if it is 1–128 visible ASCII characters, else a new UUIDv7 (unique and

@@ -29,7 +29,7 @@ pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
     }
 }
 
-/// The parameters new hashes get (API.md: at least m=19456 KiB, t=2, p=1).
+/// The parameters new hashes get (docs/API.md: at least m=19456 KiB, t=2, p=1).
 const MEMORY_KIB: u32 = 19_456;
 const ITERATIONS: u32 = 2;
 const PARALLELISM: u32 = 1;
@@ -40,7 +40,7 @@ const MAX_MEMORY_KIB: u32 = 256 * 1024;
 const MAX_ITERATIONS: u32 = 16;
 const MAX_PARALLELISM: u32 = 8;
 
-/// Longest password accepted for hashing (API.md allows 128 characters; UTF-8 may take 4
+/// Longest password accepted for hashing (docs/API.md allows 128 characters; UTF-8 may take 4
 /// bytes each).
 const MAX_PASSWORD_BYTES: usize = 4 * 128;
 

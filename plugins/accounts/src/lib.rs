@@ -1,4 +1,4 @@
-//! User accounts, as the `auth` and `users` plugins share them: the user object of API.md,
+//! User accounts, as the `auth` and `users` plugins share them: the user object of docs/API.md,
 //! the rules for its fields, and the statements that read and write the `users` table
 //! (through the host's `sql` capability; placeholders are `$n` on both backends).
 
@@ -24,7 +24,7 @@ pub struct User {
     pub updated_at: Option<String>,
 }
 
-/// The user object of API.md.
+/// The user object of docs/API.md.
 #[derive(Debug, Serialize)]
 pub struct PublicUser<'a> {
     pub id: i64,
@@ -307,7 +307,7 @@ pub fn current_user(request: &Request) -> Result<User, Response> {
     }
 }
 
-// --- field rules (API.md "Users") ---
+// --- field rules (docs/API.md "Users") ---
 
 /// The fields every new account has, read and checked (`None` where a problem was recorded).
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! The `auth` plugin: register, login, refresh, logout (API.md "Auth").
+//! The `auth` plugin: register, login, refresh, logout (docs/API.md "Auth").
 //!
 //! Refresh tokens are single-use and belong to a *chain* that starts at login. State in
 //! the plugin's kv namespace (Redis when configured, so every host instance sees it):
@@ -19,7 +19,7 @@ use plinth_sdk::validation::Fields;
 use plinth_sdk::{Handler, Request, Response, kv, passwords, respond};
 
 /// Failed logins one account may have within a window before login answers 429
-/// (documented in the README, "Behaviour where API.md is silent").
+/// (documented in the README, "Behaviour where docs/API.md is silent").
 const LOGIN_FAILURES_PER_ACCOUNT: i64 = 10;
 const LOGIN_FAILURE_WINDOW_SECS: u64 = 15 * 60;
 
@@ -75,7 +75,7 @@ fn invalid_token() -> Response {
         .with_header("www-authenticate", "Bearer")
 }
 
-/// A token pair; never stored by a cache (API.md "Headers on every response").
+/// A token pair; never stored by a cache (docs/API.md "Headers on every response").
 fn token_response(pair: &TokenPair) -> Response {
     Response::json(200, pair).with_header("cache-control", "no-store")
 }
@@ -278,7 +278,7 @@ impl ChainLink {
 /// Deleting the chain needs no compare-and-swap: a rotation racing the logout swaps only
 /// from the value it read, so it cannot write the chain back.
 ///
-/// Idempotent (API.md): a genuine refresh token answers 204 even when it is already retired
+/// Idempotent (docs/API.md): a genuine refresh token answers 204 even when it is already retired
 /// or revoked; only a malformed, forged or expired one is 401.
 fn logout(request: &Request) -> Result<Response, Response> {
     let token = refresh_token_field(request)?;

@@ -118,7 +118,7 @@ impl Request {
 }
 
 impl Response {
-    /// A response with `body` as JSON and API.md's content type.
+    /// A response with `body` as JSON and docs/API.md's content type.
     pub fn json(status: u16, body: &impl serde::Serialize) -> Self {
         match serde_json::to_vec(body) {
             Ok(bytes) => Self {
@@ -133,7 +133,7 @@ impl Response {
         }
     }
 
-    /// API.md's error shape: `{"detail": ..., "code": ...}`.
+    /// docs/API.md's error shape: `{"detail": ..., "code": ...}`.
     pub fn error(status: u16, code: &str, detail: &str) -> Self {
         Self::json(
             status,

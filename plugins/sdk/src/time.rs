@@ -1,4 +1,4 @@
-//! Wall-clock time as API.md writes it: RFC 3339 UTC, e.g. `2026-11-29T10:00:00Z`.
+//! Wall-clock time as docs/API.md writes it: RFC 3339 UTC, e.g. `2026-11-29T10:00:00Z`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

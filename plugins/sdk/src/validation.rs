@@ -1,4 +1,4 @@
-//! Request validation that reports every problem at once, in API.md's 422 shape
+//! Request validation that reports every problem at once, in docs/API.md's 422 shape
 //! (FastAPI's): `{"detail": [{"loc": [...], "msg": ..., "type": ...}], "code": "VALIDATION_ERROR"}`.
 //!
 //! ```ignore
@@ -229,7 +229,7 @@ impl Fields {
 }
 
 /// Whether `text` holds a control character (U+0000–U+001F, U+007F), which no text field
-/// accepts (API.md "Users"): PostgreSQL cannot store U+0000, and the rule is the same on
+/// accepts (docs/API.md "Users"): PostgreSQL cannot store U+0000, and the rule is the same on
 /// every backend.
 pub fn has_control_chars(text: &str) -> bool {
     text.chars().any(|c| c.is_ascii_control())

@@ -1,5 +1,5 @@
 //! The `users` plugin: the current user's own account and superuser administration
-//! (API.md "Users"). The host has verified the bearer token; this plugin loads the user
+//! (docs/API.md "Users"). The host has verified the bearer token; this plugin loads the user
 //! behind it on every request, so a deactivated or deleted user's tokens answer 401.
 
 use plinth_accounts::{self as accounts, NewUser, User, UserChanges};
