@@ -144,6 +144,7 @@ impl LoadedPlugin {
                 admission: runtime::Admission::new(&manifest.limits),
                 engine: engine.engine().clone(),
                 slots: engine.slots(),
+                ticker: engine.ticker(),
                 pre,
                 plugin_name: Arc::from(manifest.name.as_str()),
                 capabilities: plugin_capabilities,
