@@ -4,7 +4,12 @@
 #
 #   bash scripts/bench.sh            # 10 s per target
 #   BENCH_SECONDS=30 BENCH_CONNECTIONS=128 bash scripts/bench.sh
-#   BENCH_SECTIONS="sandbox startup" bash scripts/bench.sh   # some of: throughput sandbox reload startup
+#   BENCH_SECTIONS="sandbox startup" bash scripts/bench.sh   # some of: throughput sandbox reload startup idle
+#   BENCH_RUNS=3 bash scripts/bench.sh       # each target 3 times: median, and the spread
+#   BENCH_COMPARE=bench-baseline.json bash scripts/bench.sh   # and the change against a saved result
+#
+# Every run writes its figures as JSON to $BENCH_OUT (default target/bench/latest.json); keep
+# one as a baseline (cp target/bench/latest.json bench-baseline.json) to compare later runs.
 #
 # Targets: a bare hyper hello-world built here (the machine's ceiling), GET /health (host
 # only), GET /hello/x (through a plugin instance), and GET /api/v1/users/me (JWT verify +
@@ -23,7 +28,10 @@ cd "$(dirname "$0")/.."
 seconds=${BENCH_SECONDS:-10}
 connections=${BENCH_CONNECTIONS:-64}
 threads=${BENCH_THREADS:-2}
-sections=" ${BENCH_SECTIONS:-throughput sandbox reload startup} "
+runs=${BENCH_RUNS:-1}
+out_json=${BENCH_OUT:-target/bench/latest.json}
+compare=${BENCH_COMPARE:-}
+sections=" ${BENCH_SECTIONS:-throughput sandbox reload startup idle} "
 wants() { [[ $sections == *" $1 "* ]]; }
 
 if ! command -v wrk >/dev/null; then
@@ -54,20 +62,31 @@ start() {
   echo "bench: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
 }
 
-# measure <label> <url>: prints "label rps p50_ms p99_ms" and keeps it for the summary.
+# measure <label> <url> [wrk args...]: runs wrk $runs times and keeps, for the summary,
+# "label|rps|p50_ms|p99_ms|non-2xx|rps spread": the run with the median requests/s, and
+# the lowest and highest requests/s of all runs.
 results=()
 measure() {
-  local label=$1 url=$2 out conns=${CONNS:-$connections}
+  local label=$1 url=$2 out conns=${CONNS:-$connections} run samples=()
   shift 2
   wrk -t"$threads" -c"$conns" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
-  out=$(wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency "$@" "$url")
-  local rps p50 p99 errors
-  rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)
-  errors=$(awk '/Non-2xx or 3xx responses:/ {print $5} /Socket errors:/ {print "socket:" $0}' <<<"$out" | tr '\n' ' ')
-  results+=("$label|$rps|$p50|$p99|${errors:-0}")
+  for run in $(seq 1 "$runs"); do
+    out=$(wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency "$@" "$url")
+    local rps p50 p99 errors
+    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)
+    errors=$(awk '/Non-2xx or 3xx responses:/ {print $5} /Socket errors:/ {print "socket:" $0}' <<<"$out" | tr '\n' ' ')
+    samples+=("$rps|$p50|$p99|${errors:-0}")
+  done
+  local median spread
+  median=$(printf '%s\n' "${samples[@]}" | sort -t'|' -k1,1n | sed -n "$(( (runs + 1) / 2 ))p")
+  spread=$(printf '%s\n' "${samples[@]}" | sort -t'|' -k1,1n | awk -F'|' 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "-" hi }')
+  results+=("$label|$median|$spread")
 }
+# figure <name> <value>: a derived figure (ratio, reload, start-up, idle) for the JSON result.
+figures=()
+figure() { figures+=("$1|$2"); }
 token_for() { # <addr>: a fresh access token for root
   curl -sf -X POST "http://$1/api/v1/auth/login" -H 'content-type: application/json' \
     -d '{"email":"root@example.com","password":"root-password"}' |
@@ -75,6 +94,12 @@ token_for() { # <addr>: a fresh access token for root
 }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 p99_of() { IFS='|' read -r _ _ _ p99 _ <<<"${results[$1]}"; echo "$p99"; }
+print_row() { # <results index>
+  local label rps p50 p99 errors spread
+  IFS='|' read -r label rps p50 p99 errors spread <<<"${results[$1]}"
+  if (( runs > 1 )); then spread="($spread)"; else spread=; fi
+  printf '%-42s %12s %10s %10s  %-8s %s\n' "$label" "$rps" "$p50" "$p99" "$errors" "$spread"
+}
 to_ms() {
   awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
 }
@@ -122,7 +147,7 @@ measure "users/me SQLite" "http://$plinth_addr/api/v1/users/me" -H "Authorizatio
 measure "users/me PostgreSQL+Redis" "http://$pg_addr/api/v1/users/me" -H "Authorization: Bearer $pg_token"
 CONNS=1024 measure "users/me PostgreSQL, 1024 conns" "http://$pg_addr/api/v1/users/me" -H "Authorization: Bearer $pg_token"
 # A login flood (argon2 on every request) next to /users/me on the same host.
-wrk -t1 -c16 -d"$((seconds + 2))s" -s "$work/login.lua" "http://$pg_addr/api/v1/auth/login" >"$work/flood.out" 2>&1 &
+wrk -t1 -c16 -d"$((runs * (seconds + 1) + 2))s" -s "$work/login.lua" "http://$pg_addr/api/v1/auth/login" >"$work/flood.out" 2>&1 &
 flood=$!
 sleep 1
 measure "users/me PostgreSQL during login flood" "http://$pg_addr/api/v1/users/me" -H "Authorization: Bearer $pg_token"
@@ -132,20 +157,26 @@ measure "host-only, CORS+rate limit(Redis)+log" "http://$on_addr/nope" -H "Origi
 flood_rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$work/flood.out")
 
 echo
-echo "wrk -t$threads -c$connections -d${seconds}s, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "wrk -t$threads -c$connections -d${seconds}s, $runs run(s) per target (median; requests/s spread in brackets), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 printf '%-42s %12s %10s %10s  %s\n' target "requests/s" "p50 ms" "p99 ms" "non-2xx"
-for row in "${results[@]}"; do
-  IFS='|' read -r label rps p50 p99 errors <<<"$row"
-  printf '%-42s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
-done
+for i in "${!results[@]}"; do print_row "$i"; done
 rps_of() { IFS='|' read -r _ rps _ <<<"${results[$1]}"; echo "$rps"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f%%", (b > 0 ? 100*a/b : 0) }'; }
+times() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }'; }
+figure "host-only / bare hyper" "$(ratio "$(rps_of 1)" "$(rps_of 0)")"
+figure "plugin path / bare hyper" "$(ratio "$(rps_of 2)" "$(rps_of 0)")"
+figure "plugin path / host-only" "$(ratio "$(rps_of 2)" "$(rps_of 1)")"
+figure "middleware on / off" "$(ratio "$(rps_of 8)" "$(rps_of 7)")"
+figure "users/me p99 under login flood / quiet" "$(times "$(p99_of 6)" "$(p99_of 4)")"
+figure "login flood, logins/s" "${flood_rps:-0}"
 echo
 echo "host-only / bare hyper:      $(ratio "$(rps_of 1)" "$(rps_of 0)")"
-echo "plugin path / bare hyper:    $(ratio "$(rps_of 2)" "$(rps_of 0)")"
+echo "plugin path / bare hyper:    $(ratio "$(rps_of 2)" "$(rps_of 0)")   (target: >= 30%)"
 echo "plugin path / host-only:     $(ratio "$(rps_of 2)" "$(rps_of 1)")   (target: >= 50%)"
+echo "users/me SQLite:             $(rps_of 3) req/s   (target: >= 20,000)"
+echo "users/me PostgreSQL+Redis:   $(rps_of 4) req/s, p99 $(p99_of 4) ms   (target: >= 10,000, p99 < 10 ms)"
 echo "middleware on / off (host-only):  $(ratio "$(rps_of 8)" "$(rps_of 7)")   (target: >= 85%, i.e. overhead <= 15%)"
-echo "users/me p99 under login flood / quiet: $(awk -v a="$(p99_of 6)" -v b="$(p99_of 4)" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }')   (target: <= 5x; flood served ${flood_rps:-?} logins/s)"
+echo "users/me p99 under login flood / quiet: $(times "$(p99_of 6)" "$(p99_of 4)")   (target: <= 3x; flood served ${flood_rps:-?} logins/s)"
 fi
 
 # --- Sandbox: a plugin's neighbours are hostile -------------------------------------------
@@ -168,7 +199,7 @@ next_to() {
   local label=$1 path pids=(); shift
   rm -f "$work"/hostile-*.out
   for path in "$@"; do
-    wrk -t1 -c4 -d"$((seconds + 3))s" "http://$hostile_addr/$path" >"$work/hostile-${path%%/*}.out" 2>&1 &
+    wrk -t1 -c4 -d"$((runs * (seconds + 1) + 3))s" "http://$hostile_addr/$path" >"$work/hostile-${path%%/*}.out" 2>&1 &
     pids+=($!)
   done
   sleep 1
@@ -183,13 +214,13 @@ bigbody_rps=$answered
 next_to "GET /hello/x, next to bigbody capped at 1" bigbody-capped/64
 echo
 echo "Sandbox (wrk -c$connections on /hello/x; 4 connections on each hostile route)"
-for i in "$quiet" "$((quiet + 1))" "$((quiet + 2))" "$((quiet + 3))"; do
-  IFS='|' read -r label rps p50 p99 errors <<<"${results[$i]}"
-  printf '%-42s %12s %10s %10s  %s\n' "$label" "$rps" "$p50" "$p99" "$errors"
-done
+for i in "$quiet" "$((quiet + 1))" "$((quiet + 2))" "$((quiet + 3))"; do print_row "$i"; done
 p99_ratio() { awk -v a="$(p99_of "$1")" -v b="$(p99_of "$quiet")" 'BEGIN { printf "%.1fx", (b > 0 ? a/b : 0) }'; }
+figure "hello p99 next to spin+membomb+trap / quiet" "$(p99_ratio $((quiet + 1)))"
+figure "hello p99 next to 64 MiB bodies / quiet" "$(p99_ratio $((quiet + 2)))"
+figure "hello p99 next to 64 MiB bodies, capped at 1 / quiet" "$(p99_ratio $((quiet + 3)))"
 echo "/hello/x p99 next to endless loop, memory bomb, trap / quiet: $(p99_ratio $((quiet + 1)))   (target: <= 3x; hostile requests answered: ${hostile_rps:-?}/s)"
-echo "/hello/x p99 next to 64 MiB response bodies / quiet:         $(p99_ratio $((quiet + 2)))   (filling and copying 64 MiB is not interruptible: ${bigbody_rps:-?} refused/s)"
+echo "/hello/x p99 next to 64 MiB response bodies / quiet:         $(p99_ratio $((quiet + 2)))   (target: <= 3x; ${bigbody_rps:-?} answered/s)"
 echo "  ... with that plugin's max_concurrency = 1 / quiet:           $(p99_ratio $((quiet + 3)))"
 fi
 
@@ -225,6 +256,8 @@ stats() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { printf "media
 echo
 echo "Reload (10 swaps v1<->v2 of a watched plugin; the watcher debounces 250 ms)"
 echo "file change -> first request served by the new version: $(stats "${watch_ms[@]}")"
+figure "reload: file change to new version served, median ms" "$(printf '%s\n' "${watch_ms[@]}" | sort -n | sed -n 5p)"
+figure "reload: admin call, median ms" "$(printf '%s\n' "${admin_ms[@]}" | sort -n | sed -n 5p)"
 echo "admin reload call (prepare + swap, answered after it):  $(stats "${admin_ms[@]}")"
 fi
 
@@ -251,4 +284,33 @@ echo
 echo "Start-up to serving hello, auth and users (SQLite)"
 echo "cold cache: ${cold% *} ms (${cold#* })"
 echo "warm cache: ${warm% *} ms (${warm#* })   (target: < 1000 ms)"
+figure "start-up, cold cache, ms" "${cold% *}"
+figure "start-up, warm cache, ms" "${warm% *}"
+fi
+
+# --- Idle cost: CPU an idle host burns (the epoch ticker, timers) -------------------------
+if wants idle; then
+start plinth-idle env "${common_env[@]}" DATABASE_URL="sqlite://$work/idle.db" target/release/plinth
+idle_pid=${pids[-1]}
+curl -sf "http://$started_addr/hello/x" >/dev/null   # one request, then nothing
+sleep 2
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$idle_pid/stat"; }
+t0=$(cpu_ticks); sleep 10; t1=$(cpu_ticks)
+idle_pct=$(awk -v t="$(( t1 - t0 ))" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", 100 * t / hz / 10 }')
+echo
+echo "Idle host (SQLite, auth + users + hello loaded, no requests for 10 s): ${idle_pct}% of one core"
+figure "idle CPU, % of one core" "$idle_pct"
+fi
+
+# --- The result, as JSON, and the change against a baseline -----------------------------
+mkdir -p "$(dirname "$out_json")"
+{ printf '%s\n' "${results[@]}" | sed 's/^/row|/'; printf '%s\n' "${figures[@]}" | sed 's/^/figure|/'; } |
+  python3 scripts/bench_result.py write "$out_json" \
+    --meta "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git status --porcelain -uno 2>/dev/null | grep -q . && echo +dirty)" "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
+    "cores=$(nproc)" "seconds=$seconds" "connections=$connections" "runs=$runs"
+echo
+echo "bench: figures written to $out_json"
+if [ -n "$compare" ]; then
+  echo
+  python3 scripts/bench_result.py compare "$compare" "$out_json"
 fi

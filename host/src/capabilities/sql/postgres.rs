@@ -254,9 +254,7 @@ impl PgBackend {
             ("idle_in_transaction_session_timeout", timeout_ms),
         ];
         let pool = |options: PgConnectOptions| {
-            PgPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(super::ACQUIRE_TIMEOUT)
+            super::serving_pool_options::<sqlx::Postgres>(max_connections)
                 .connect_lazy_with(options)
         };
         let primary = pool(self.role_options(&self.admin_options, &serving, &settings));

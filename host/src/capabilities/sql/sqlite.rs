@@ -29,7 +29,7 @@ use anyhow::Context;
 use libsqlite3_sys as ffi;
 use sqlx::Connection;
 use sqlx::Executor as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool};
 
 use super::migrations::{AppliedMigration, MIGRATIONS_TABLE, Migration};
 
@@ -116,9 +116,7 @@ impl SqliteBackend {
     ) -> anyhow::Result<SqlitePools> {
         let options = self.options(data_set);
         let pool = |policy: &'static Policy, max: u32| {
-            SqlitePoolOptions::new()
-                .max_connections(max)
-                .acquire_timeout(super::ACQUIRE_TIMEOUT)
+            super::serving_pool_options::<sqlx::Sqlite>(max)
                 // In-process connections gain nothing from recycling, and each carries a
                 // small statement clock for its whole life (see `install_statement_clock`).
                 .idle_timeout(None)
