@@ -240,25 +240,45 @@ async fn forwarded_for_only_counts_from_trusted_proxies() {
     }
 }
 
+/// Hosts reserve counter values from Redis in small batches (see `rate_limit.rs`): across
+/// hosts no more than the limit is admitted, a small limit is counted exactly, and a larger
+/// one is used up entirely by a client that keeps visiting every host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_sharing_redis_enforce_one_global_limit() {
     let backend = Backend::postgres();
     let plugins = PluginsDir::with(&["hello"]);
-    let start = || {
-        TestHost::builder()
-            .backend(&backend)
-            .env("RATE_LIMIT_PER_MINUTE", "6")
-            .start(&plugins)
-    };
-    let (a, b) = (start(), start());
-    let mut allowed = 0;
-    for i in 0..10 {
-        let host = if i % 2 == 0 { &a } else { &b };
-        if host.get("/hello/x").await.status() == 200 {
-            allowed += 1;
+    for (limit, requests) in [(6, 10), (40, 70)] {
+        let start = || {
+            TestHost::builder()
+                .backend(&backend)
+                .env("RATE_LIMIT_PER_MINUTE", limit.to_string())
+                .env(
+                    "REDIS_KEY_PREFIX",
+                    format!("plinth-test-rl-{limit}-{}", std::process::id()),
+                )
+                .start(&plugins)
+        };
+        let (a, b) = (start(), start());
+        let mut statuses = Vec::new();
+        for i in 0..requests {
+            let host = if i % 2 == 0 { &a } else { &b };
+            statuses.push(host.get("/hello/x").await.status().as_u16());
+        }
+        let allowed = statuses.iter().filter(|s| **s == 200).count();
+        assert_eq!(
+            allowed, limit,
+            "two instances together allow the limit: {statuses:?}"
+        );
+        let first_refused = statuses.iter().position(|s| *s == 429).expect("a 429");
+        if limit == 6 {
+            assert_eq!(first_refused, limit, "a small limit is exact: {statuses:?}");
+        } else {
+            assert!(
+                first_refused + 16 > limit,
+                "first 429 too early: {statuses:?}"
+            );
         }
     }
-    assert_eq!(allowed, 6, "two instances together allow only the limit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,17 @@
-//! Rate limiting per client IP: fixed one-minute windows counted with one atomic increment
-//! per request in the key-value store, so with Redis every host instance shares one budget.
+//! Rate limiting per client IP: fixed one-minute windows counted in the key-value store,
+//! so with Redis every host instance shares one budget.
+//!
+//! With Redis, a host does not pay a round trip per request: it reserves a few of the
+//! window's counter values at a time (`INCRBY n`) and hands them out locally ([`Leases`]).
+//! The guarantee: **across all hosts, no more than the limit is admitted per client and
+//! window**, because every admitted request holds one counter value no greater than the
+//! limit. A reservation is at most an eighth of the budget the host last saw remaining,
+//! and at most [`MAX_RESERVATION`]; near the limit it is one. A client whose traffic keeps
+//! reaching every host it used gets exactly the limit; one that stops visiting a host can
+//! meet its first 429 early by what that host still holds (at most `MAX_RESERVATION - 1`
+//! per host). Once a host has seen the counter pass the limit it refuses the client
+//! locally until the window ends. The in-process store (no Redis) counts exactly, one
+//! increment per request.
 //!
 //! Two classes: `default` (`RATE_LIMIT_PER_MINUTE`, every route and unknown paths) and
 //! `auth` (`AUTH_RATE_LIMIT_PER_MINUTE`, routes whose manifest says `rate_limit = "auth"`),
@@ -14,7 +26,9 @@
 //! what a dual-stack socket reports for IPv4 peers) count as the IPv4 address, also when
 //! matching `TRUSTED_PROXIES`.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +50,8 @@ pub struct RateLimiter {
     /// After a store failure, the store is not asked again until then (Unix ms), so an
     /// outage costs one timeout, not one per request.
     store_down_until_ms: AtomicU64,
+    /// Counter values reserved from the shared store and not yet handed out.
+    leases: Mutex<Leases>,
 }
 
 /// How long the shared store is left alone after it failed.
@@ -98,6 +114,7 @@ impl RateLimiter {
             default_per_minute,
             auth_per_minute,
             store_down_until_ms: AtomicU64::new(0),
+            leases: Mutex::new(Leases::default()),
         }
     }
 
@@ -138,7 +155,7 @@ impl RateLimiter {
         let shared = if now_ms() < self.store_down_until_ms.load(Ordering::Relaxed) {
             None
         } else {
-            match self.store.increment(&key, 1, ttl).await {
+            match self.count_shared(&key, window, limit, ttl).await {
                 Ok(count) => Some(count),
                 Err(err) => {
                     tracing::warn!(error = %err, "rate limit store unavailable");
@@ -167,6 +184,116 @@ impl RateLimiter {
             allowed: count <= limit,
         }))
     }
+}
+
+impl RateLimiter {
+    /// The counter value of this request in the shared store: from this host's lease when
+    /// it holds one, otherwise reserved from the store (see the module docs).
+    async fn count_shared(
+        &self,
+        key: &str,
+        window: u64,
+        limit: u32,
+        ttl: Option<Duration>,
+    ) -> Result<i64, crate::capabilities::kv::KvError> {
+        if !self.store.is_redis() {
+            return self.store.increment(key, 1, ttl).await;
+        }
+        let reservation = {
+            let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+            match leases.take(key, window, limit) {
+                Take::Value(value) => return Ok(value),
+                Take::Reserve(n) => n,
+            }
+        };
+        let last = self.store.increment(key, reservation, ttl).await?;
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(leases.reserved(key, window, limit, last, reservation))
+    }
+}
+
+/// Largest number of counter values a host reserves at once.
+pub const MAX_RESERVATION: i64 = 16;
+
+/// Clients whose reservations a host keeps at once; past it, a new client is counted one
+/// request at a time (correct, just not cheaper), so a flood of addresses cannot grow it.
+const MAX_LEASED_CLIENTS: usize = 100_000;
+
+/// The counter values this host reserved, per counter key, for the current window.
+#[derive(Debug, Default)]
+struct Leases {
+    window: u64,
+    by_key: HashMap<String, Lease>,
+}
+
+#[derive(Debug, Default)]
+struct Lease {
+    /// Reserved values not yet handed out, as inclusive ranges.
+    free: Vec<(i64, i64)>,
+    /// The highest counter value the store has returned to this host.
+    seen: i64,
+}
+
+/// What to do for one request.
+#[derive(Debug, PartialEq, Eq)]
+enum Take {
+    /// The request's counter value, from the lease (or past the limit: refused).
+    Value(i64),
+    /// Reserve this many values from the store.
+    Reserve(i64),
+}
+
+impl Leases {
+    fn take(&mut self, key: &str, window: u64, limit: u32) -> Take {
+        if window != self.window {
+            // A new window: every reservation of the old one is void.
+            self.window = window;
+            self.by_key.clear();
+        }
+        let limit = i64::from(limit);
+        let Some(lease) = self.by_key.get_mut(key) else {
+            return Take::Reserve(reservation(limit, 0));
+        };
+        if let Some(range) = lease.free.first_mut() {
+            let value = range.0;
+            if range.0 == range.1 {
+                lease.free.remove(0);
+            } else {
+                range.0 += 1;
+            }
+            return Take::Value(value);
+        }
+        if lease.seen >= limit {
+            // The counter never goes down within a window: refused without asking.
+            return Take::Value(lease.seen + 1);
+        }
+        Take::Reserve(reservation(limit, lease.seen))
+    }
+
+    /// Records that the store's counter went to `last` after reserving `n`; returns the
+    /// value of the request that reserved them and keeps the rest.
+    fn reserved(&mut self, key: &str, window: u64, limit: u32, last: i64, n: i64) -> i64 {
+        let first = last - n + 1;
+        if window != self.window
+            || (!self.by_key.contains_key(key) && self.by_key.len() >= MAX_LEASED_CLIENTS)
+        {
+            return first;
+        }
+        let lease = self.by_key.entry(key.to_owned()).or_default();
+        lease.seen = lease.seen.max(last);
+        // Values past the limit admit nobody: not worth keeping.
+        let usable_end = last.min(i64::from(limit));
+        if first < usable_end {
+            lease.free.push((first + 1, usable_end));
+        }
+        first
+    }
+}
+
+/// How many values to reserve when `seen` of `limit` are known to be taken: an eighth of
+/// what remains, at least one, at most [`MAX_RESERVATION`].
+fn reservation(limit: i64, seen: i64) -> i64 {
+    ((limit - seen) / 8).clamp(1, MAX_RESERVATION)
 }
 
 /// Whose budget a client draws from: its IPv4 address, or its IPv6 /64.
@@ -284,6 +411,80 @@ mod tests {
         assert_eq!(key("192.0.2.7")?, "192.0.2.7");
         assert_eq!(key("::ffff:192.0.2.7")?, "192.0.2.7");
         Ok(())
+    }
+
+    /// Hosts sharing one counter, each with its own leases, serving requests in
+    /// `order` (a host index per request): what each request was told.
+    fn simulate(hosts: usize, limit: u32, order: &[usize]) -> Vec<bool> {
+        let mut counter = 0i64;
+        let mut leases: Vec<Leases> = (0..hosts).map(|_| Leases::default()).collect();
+        order
+            .iter()
+            .map(|&host| {
+                let value = match leases[host].take("k", 7, limit) {
+                    Take::Value(value) => value,
+                    Take::Reserve(n) => {
+                        counter += n;
+                        leases[host].reserved("k", 7, limit, counter, n)
+                    }
+                };
+                value <= i64::from(limit)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hosts_sharing_a_counter_never_admit_more_than_the_limit() {
+        for limit in [1, 2, 5, 6, 10, 60, 100, 1_000] {
+            for hosts in 1..=4 {
+                // Round robin, then bursts of uneven length per host.
+                let mut orders: Vec<Vec<usize>> =
+                    vec![(0..limit as usize * 2 + 40).map(|i| i % hosts).collect()];
+                orders.push(
+                    (0..limit as usize * 2 + 40)
+                        .map(|i| (i * 7 / 5 + i / 3) % hosts)
+                        .collect(),
+                );
+                for order in orders {
+                    let admitted = simulate(hosts, limit, &order);
+                    let count = admitted.iter().filter(|a| **a).count();
+                    // Every host keeps receiving requests, so the whole budget is used.
+                    assert_eq!(count, limit as usize, "limit {limit}, {hosts} hosts");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn alternating_hosts_meet_the_first_refusal_right_after_the_limit() {
+        for limit in [6, 60] {
+            let order: Vec<usize> = (0..limit as usize + 10).map(|i| i % 2).collect();
+            let admitted = simulate(2, limit, &order);
+            let first_refused = admitted.iter().position(|a| !a);
+            // Within the leftovers of one reservation of the other host.
+            let first_refused = first_refused.unwrap_or(usize::MAX);
+            assert!(
+                first_refused + MAX_RESERVATION as usize > limit as usize,
+                "limit {limit}: first 429 at request {}",
+                first_refused + 1
+            );
+            if limit <= 8 {
+                assert_eq!(first_refused, limit as usize, "small limits count exactly");
+            }
+        }
+    }
+
+    #[test]
+    fn a_host_past_the_limit_refuses_without_asking_and_a_new_window_starts_afresh() {
+        let mut leases = Leases::default();
+        assert_eq!(leases.take("k", 1, 3), Take::Reserve(1));
+        assert_eq!(leases.reserved("k", 1, 3, 4, 1), 4); // another host took 1..=3
+        assert_eq!(leases.take("k", 1, 3), Take::Value(5));
+        assert_eq!(leases.take("k", 2, 3), Take::Reserve(1));
+        // Reservations stay bounded, and shrink as the budget runs out.
+        assert_eq!(reservation(1_000_000, 0), MAX_RESERVATION);
+        assert_eq!(reservation(100, 60), 5);
+        assert_eq!(reservation(100, 99), 1);
     }
 
     #[tokio::test]
