@@ -3,8 +3,10 @@
 # them out as deployable plugin directories:
 #   target/plugins/<name>/{plugin.toml,<name>.wasm}        deployed by default
 #   target/test-plugins/<name>/{plugin.toml,<name>.wasm}   for tests only, never deployed
+# (`target` is $CARGO_TARGET_DIR when set, as for cargo and the tests.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target=${CARGO_TARGET_DIR:-target}
 bash scripts/setup.sh
 
 deployed=(hello auth users)
@@ -22,7 +24,7 @@ lay_out() { # <source dir with plugin.toml> <name> <destination root>
   local component
   component=$(sed -n 's/^component *= *"\(.*\)"/\1/p' "$src/plugin.toml")
   # Copy then rename: a watching host never sees a half-written component.
-  cp "target/wasm32-wasip2/release/plinth_plugin_${name}.wasm" "$dest/$component.tmp"
+  cp "$target/wasm32-wasip2/release/plinth_plugin_${name}.wasm" "$dest/$component.tmp"
   mv "$dest/$component.tmp" "$dest/$component"
   # A plugin ships the migrations of the data set it names (`sql = { data_set = "x" }`)
   # from migrations/<x>/, or its own from <plugin>/migrations/.
@@ -38,15 +40,15 @@ lay_out() { # <source dir with plugin.toml> <name> <destination root>
     rm -rf "$dest/migrations" && mv "$dest/migrations.tmp" "$dest/migrations"
   fi
 }
-for p in "${deployed[@]}"; do lay_out "plugins/$p" "$p" target/plugins; done
-for p in "${testing[@]}"; do lay_out "plugins/testing/$p" "$p" target/test-plugins; done
+for p in "${deployed[@]}"; do lay_out "plugins/$p" "$p" "$target/plugins"; done
+for p in "${testing[@]}"; do lay_out "plugins/testing/$p" "$p" "$target/test-plugins"; done
 
 # The reload tests swap `versioned` between two builds: v2 is the same crate with its
 # `v2` feature, laid out as target/test-plugins/versioned-v2 (manifest version 2.0.0).
 cargo build --release --locked --target wasm32-wasip2 -p plinth-plugin-versioned --features v2
-mkdir -p target/test-plugins/versioned-v2
-sed 's/^version = .*/version = "2.0.0"/' plugins/testing/versioned/plugin.toml \
-  > target/test-plugins/versioned-v2/plugin.toml
-cp target/wasm32-wasip2/release/plinth_plugin_versioned.wasm target/test-plugins/versioned-v2/versioned.wasm.tmp
-mv target/test-plugins/versioned-v2/versioned.wasm.tmp target/test-plugins/versioned-v2/versioned.wasm
-echo "plugins ready in target/plugins (test plugins in target/test-plugins)"
+v2="$target/test-plugins/versioned-v2"
+mkdir -p "$v2"
+sed 's/^version = .*/version = "2.0.0"/' plugins/testing/versioned/plugin.toml > "$v2/plugin.toml"
+cp "$target/wasm32-wasip2/release/plinth_plugin_versioned.wasm" "$v2/versioned.wasm.tmp"
+mv "$v2/versioned.wasm.tmp" "$v2/versioned.wasm"
+echo "plugins ready in $target/plugins (test plugins in $target/test-plugins)"

@@ -15,6 +15,7 @@ on_both_backends!(
     login_with_json_or_oauth2_form_returns_a_token_pair,
     login_failures_look_the_same,
     refresh_rotates_and_reuse_revokes_the_chain,
+    a_token_presented_again_right_after_its_rotation_is_reuse,
     token_types_are_not_interchangeable,
     logout_revokes_the_chain_and_the_access_token,
     forged_and_expired_tokens_are_refused,
@@ -317,6 +318,21 @@ async fn refresh_rotates_and_reuse_revokes_the_chain(backend: Backend) {
     host.post_json("/api/v1/auth/refresh", json!({}))
         .await
         .expect(422, Some("VALIDATION_ERROR"));
+}
+
+/// The rotation's answer arrived, so presenting the token it retired again, at once, is
+/// reuse (the record kept for retrying a rotation whose answer was lost is gone).
+async fn a_token_presented_again_right_after_its_rotation_is_reuse(backend: Backend) {
+    let (_plugins, host) = TestHost::start_api(&backend);
+    let (_, first) = host.user("gil").await;
+    let second = refresh(&host, &first.refresh).await;
+    second.expect(200, None);
+    refresh(&host, &first.refresh)
+        .await
+        .expect(401, Some("INVALID_TOKEN"));
+    refresh(&host, &refresh_token_of(&second))
+        .await
+        .expect(401, Some("INVALID_TOKEN"));
 }
 
 async fn token_types_are_not_interchangeable(backend: Backend) {

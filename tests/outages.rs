@@ -168,3 +168,175 @@ async fn a_refresh_failing_on_the_way_can_be_retried() {
     .await
     .expect(200, None);
 }
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn claims_of(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("json claims")
+}
+
+/// The auth plugin's only `EVAL` is the compare-and-swap that rotates a refresh chain
+/// (host/src/capabilities/kv.rs): a proxy swallowing replies after it gives a rotation
+/// that Redis committed but whose answer the host never received.
+const COMPARE_AND_SWAP: &[u8] = b"EVAL";
+
+/// A host on `backend` (PostgreSQL) whose Redis is behind `proxy`, and one user's tokens.
+async fn host_with_redis_behind(
+    backend: &Backend,
+    proxy: &CuttableProxy,
+    name: &str,
+) -> (PluginsDir, TestHost, plinth_tests::api::Tokens) {
+    let plugins = PluginsDir::with(&["auth", "users"]);
+    let host = TestHost::builder()
+        .backend(backend)
+        .env("REDIS_URL", format!("redis://{}", proxy.addr))
+        .start(&plugins);
+    let (_, tokens) = host.user(name).await;
+    (plugins, host, tokens)
+}
+
+/// Refreshes until the answer is not 503 (the host's Redis connection may take a moment
+/// to come back), for at most 10 s.
+async fn refresh_until_answered(
+    host: &TestHost,
+    body: &serde_json::Value,
+) -> plinth_tests::api::Reply {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = host.post_json("/api/v1/auth/refresh", body.clone()).await;
+        if reply.status != 503 || Instant::now() >= deadline {
+            return reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Redis ran a refresh's rotation but its reply was lost, so the host answered 503: the
+/// client's retry with the same token is no reuse. It gets the pair the rotation
+/// committed (not a new one), that pair works, and the original token presented once more
+/// after that is reuse as always. Also shows that the host gives up a Redis connection
+/// whose reply is overdue: the proxy keeps swallowing that connection's replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_whose_redis_reply_was_lost_can_be_retried() {
+    let backend = Backend::postgres();
+    let proxy = CuttableProxy::start(resolve("127.0.0.1:6379")).await;
+    let (_plugins, host, tokens) = host_with_redis_behind(&backend, &proxy, "tia").await;
+    let original = serde_json::json!({"refresh_token": tokens.refresh});
+
+    proxy.swallow_replies_after(COMPARE_AND_SWAP);
+    host.post_json("/api/v1/auth/refresh", original.clone())
+        .await
+        .expect(503, Some("UNAVAILABLE"));
+    proxy.stop_swallowing();
+
+    let retried_at = unix_secs();
+    let retried = refresh_until_answered(&host, &original).await;
+    retried.expect(200, None);
+    assert_eq!(
+        retried.headers.get("cache-control").map(|v| v.as_bytes()),
+        Some(&b"no-store"[..])
+    );
+    let access = retried.body["access_token"].as_str().expect("access");
+    let redelivered = retried.body["refresh_token"].as_str().expect("refresh");
+    // The lost answer's pair, issued before the lost attempt waited out the host's 2 s
+    // Redis timeout, hence before the retry: no new pair was issued for it.
+    let issued_at = claims_of(redelivered)["iat"].as_u64().expect("iat");
+    assert!(
+        issued_at < retried_at,
+        "a new pair (iat {issued_at}, retry at {retried_at})"
+    );
+    host.get_as("/api/v1/users/me", access)
+        .await
+        .expect(200, None);
+
+    // The redelivered refresh token is the chain's newest: it rotates.
+    let next = host
+        .post_json(
+            "/api/v1/auth/refresh",
+            serde_json::json!({"refresh_token": redelivered}),
+        )
+        .await;
+    next.expect(200, None);
+    let newest = next.body["refresh_token"].as_str().expect("refresh");
+
+    // The original token again, now that its pair was delivered: reuse, the chain dies.
+    host.post_json("/api/v1/auth/refresh", original)
+        .await
+        .expect(401, Some("INVALID_TOKEN"));
+    host.post_json(
+        "/api/v1/auth/refresh",
+        serde_json::json!({"refresh_token": newest}),
+    )
+    .await
+    .expect(401, Some("INVALID_TOKEN"));
+}
+
+/// The pair of a lost rotation is delivered once: presenting the original token again
+/// after the retry got it is reuse, and kills the redelivered pair's chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_refresh_is_redelivered_once() {
+    let backend = Backend::postgres();
+    let proxy = CuttableProxy::start(resolve("127.0.0.1:6379")).await;
+    let (_plugins, host, tokens) = host_with_redis_behind(&backend, &proxy, "uma").await;
+    let original = serde_json::json!({"refresh_token": tokens.refresh});
+
+    proxy.swallow_replies_after(COMPARE_AND_SWAP);
+    host.post_json("/api/v1/auth/refresh", original.clone())
+        .await
+        .expect(503, Some("UNAVAILABLE"));
+    proxy.stop_swallowing();
+    let retried = refresh_until_answered(&host, &original).await;
+    retried.expect(200, None);
+    let redelivered = retried.body["refresh_token"].as_str().expect("refresh");
+
+    host.post_json("/api/v1/auth/refresh", original)
+        .await
+        .expect(401, Some("INVALID_TOKEN"));
+    host.post_json(
+        "/api/v1/auth/refresh",
+        serde_json::json!({"refresh_token": redelivered}),
+    )
+    .await
+    .expect(401, Some("INVALID_TOKEN"));
+}
+
+/// A logout between the lost rotation and the retry ends the chain: the retry gets
+/// nothing back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_refresh_is_not_redelivered_after_logout() {
+    let backend = Backend::postgres();
+    let proxy = CuttableProxy::start(resolve("127.0.0.1:6379")).await;
+    let (_plugins, host, tokens) = host_with_redis_behind(&backend, &proxy, "val").await;
+    let original = serde_json::json!({"refresh_token": tokens.refresh});
+
+    proxy.swallow_replies_after(COMPARE_AND_SWAP);
+    host.post_json("/api/v1/auth/refresh", original.clone())
+        .await
+        .expect(503, Some("UNAVAILABLE"));
+    proxy.stop_swallowing();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let logged_out = loop {
+        let reply = host
+            .post_json("/api/v1/auth/logout", original.clone())
+            .await;
+        if reply.status != 503 || Instant::now() >= deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    logged_out.expect(204, None);
+    refresh_until_answered(&host, &original)
+        .await
+        .expect(401, Some("INVALID_TOKEN"));
+}

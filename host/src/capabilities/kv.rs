@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use redis::aio::ConnectionManager;
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
 use wasmtime::component::{HasSelf, Linker};
 
 use super::{CapabilityView, Descriptor};
@@ -36,7 +37,8 @@ const MAX_TTL_MS: u64 = 365 * 24 * 3600 * 1000;
 const MAX_KEY_BYTES: usize = 512;
 const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
-/// How long a Redis command may take before the store counts as unavailable.
+/// How long a Redis command may take, connecting included, before the store counts as
+/// unavailable (and the connection it was sent on is given up, see [`RedisStore`]).
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a store operation failed (host-side; plugins see the WIT `error`).
@@ -61,7 +63,7 @@ impl From<KvError> for Error {
 #[derive(Clone)]
 pub enum KvStore {
     Memory(Arc<MemoryStore>),
-    Redis(ConnectionManager),
+    Redis(RedisStore),
 }
 
 impl std::fmt::Debug for KvStore {
@@ -79,21 +81,14 @@ impl KvStore {
         Self::Memory(Arc::new(MemoryStore::default()))
     }
 
-    /// The in-process store, or Redis at `url`. Redis connections are re-established by
-    /// the connection manager after an outage; the host starts even if Redis is down.
+    /// The in-process store, or Redis at `url`. Redis must answer at start-up; after that a
+    /// lost connection is replaced by the next command (see [`RedisStore`]).
     pub async fn connect(url: Option<&str>) -> anyhow::Result<Self> {
         let Some(url) = url else {
             return Ok(Self::in_process());
         };
         let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(REDIS_TIMEOUT)
-            .set_response_timeout(REDIS_TIMEOUT)
-            .set_number_of_retries(1);
-        let manager = ConnectionManager::new_with_config(client, config)
-            .await
-            .context("cannot connect to Redis at REDIS_URL")?;
-        Ok(Self::Redis(manager))
+        Ok(Self::Redis(RedisStore::open(client).await?))
     }
 
     pub fn is_redis(&self) -> bool {
@@ -103,9 +98,8 @@ impl KvStore {
     pub async fn ping(&self) -> Result<(), KvError> {
         match self {
             Self::Memory(_) => Ok(()),
-            Self::Redis(conn) => {
-                let mut conn = conn.clone();
-                redis_call(redis::cmd("PING").query_async::<String>(&mut conn)).await?;
+            Self::Redis(remote) => {
+                remote.query::<String>(&redis::cmd("PING")).await?;
                 Ok(())
             }
         }
@@ -114,10 +108,7 @@ impl KvStore {
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         match self {
             Self::Memory(store) => Ok(store.get(key)),
-            Self::Redis(conn) => {
-                let mut conn = conn.clone();
-                redis_call(redis::cmd("GET").arg(key).query_async(&mut conn)).await
-            }
+            Self::Redis(remote) => remote.query(redis::cmd("GET").arg(key)).await,
         }
     }
 
@@ -125,24 +116,20 @@ impl KvStore {
     pub async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         match self {
             Self::Memory(store) => Ok(keys.iter().map(|k| store.get(k)).collect()),
-            Self::Redis(conn) => {
-                let mut conn = conn.clone();
-                redis_call(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await
-            }
+            Self::Redis(remote) => remote.query(redis::cmd("MGET").arg(keys)).await,
         }
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
         match self {
             Self::Memory(store) => store.set(key, value, ttl, false).map(|_| ()),
-            Self::Redis(conn) => {
-                let mut conn = conn.clone();
+            Self::Redis(remote) => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(key).arg(value);
                 if let Some(ttl) = ttl {
                     cmd.arg("PX").arg(ttl_ms(ttl));
                 }
-                redis_call(cmd.query_async::<()>(&mut conn)).await
+                remote.query::<()>(&cmd).await
             }
         }
     }
@@ -155,14 +142,13 @@ impl KvStore {
     ) -> Result<bool, KvError> {
         match self {
             Self::Memory(store) => store.set(key, value, ttl, true),
-            Self::Redis(conn) => {
-                let mut conn = conn.clone();
+            Self::Redis(remote) => {
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(key).arg(value).arg("NX");
                 if let Some(ttl) = ttl {
                     cmd.arg("PX").arg(ttl_ms(ttl));
                 }
-                let stored: Option<String> = redis_call(cmd.query_async(&mut conn)).await?;
+                let stored: Option<String> = remote.query(&cmd).await?;
                 Ok(stored.is_some())
             }
         }
@@ -171,10 +157,8 @@ impl KvStore {
     pub async fn delete(&self, key: &str) -> Result<bool, KvError> {
         match self {
             Self::Memory(store) => Ok(store.delete(key)),
-            Self::Redis(conn) => {
-                let mut conn = conn.clone();
-                let removed: i64 =
-                    redis_call(redis::cmd("DEL").arg(key).query_async(&mut conn)).await?;
+            Self::Redis(remote) => {
+                let removed: i64 = remote.query(redis::cmd("DEL").arg(key)).await?;
                 Ok(removed > 0)
             }
         }
@@ -189,11 +173,10 @@ impl KvStore {
     ) -> Result<i64, KvError> {
         match self {
             Self::Memory(store) => store.increment(key, delta, ttl),
-            Self::Redis(conn) => {
+            Self::Redis(remote) => {
                 // One round trip: INCRBY (atomic), then PEXPIRE NX, which sets the expiry
                 // only when the key has none, i.e. when this call created it. Cheaper for
                 // Redis than a Lua script on this per-request path (rate limiting).
-                let mut conn = conn.clone();
                 let mut pipe = redis::pipe();
                 pipe.cmd("INCRBY").arg(key).arg(delta);
                 if let Some(ttl) = ttl {
@@ -203,7 +186,9 @@ impl KvStore {
                         .arg("NX")
                         .ignore();
                 }
-                let (value,): (i64,) = redis_call(pipe.query_async(&mut conn)).await?;
+                let (value,): (i64,) = remote
+                    .run(|mut conn| async move { pipe.query_async(&mut conn).await })
+                    .await?;
                 Ok(value)
             }
         }
@@ -220,10 +205,9 @@ impl KvStore {
     ) -> Result<bool, KvError> {
         match self {
             Self::Memory(store) => store.compare_and_swap(key, expected, new, ttl),
-            Self::Redis(conn) => {
+            Self::Redis(remote) => {
                 // EVAL rather than EVALSHA: refreshes are rare, and the script's text is
                 // small; it runs atomically either way.
-                let mut conn = conn.clone();
                 let mut cmd = redis::cmd("EVAL");
                 cmd.arg(COMPARE_AND_SWAP_LUA).arg(1).arg(key);
                 match expected {
@@ -235,7 +219,7 @@ impl KvStore {
                     None => cmd.arg("0").arg(""),
                 };
                 cmd.arg(ttl.map(ttl_ms).unwrap_or(0));
-                let swapped: i64 = redis_call(cmd.query_async(&mut conn)).await?;
+                let swapped: i64 = remote.query(&cmd).await?;
                 Ok(swapped == 1)
             }
         }
@@ -245,10 +229,8 @@ impl KvStore {
     pub async fn ttl(&self, key: &str) -> Result<Option<Duration>, KvError> {
         match self {
             Self::Memory(store) => Ok(store.ttl(key)),
-            Self::Redis(conn) => {
-                let mut conn = conn.clone();
-                let ms: i64 =
-                    redis_call(redis::cmd("PTTL").arg(key).query_async(&mut conn)).await?;
+            Self::Redis(remote) => {
+                let ms: i64 = remote.query(redis::cmd("PTTL").arg(key)).await?;
                 Ok(u64::try_from(ms).ok().map(Duration::from_millis))
             }
         }
@@ -279,19 +261,126 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-async fn redis_call<T>(
-    call: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, KvError> {
-    match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err))
-            if err.kind() == redis::ErrorKind::TypeError
-                || err.kind() == redis::ErrorKind::ResponseError =>
-        {
-            Err(KvError::Invalid(err.to_string()))
+/// Redis through one multiplexed connection that every caller shares.
+///
+/// A command that fails without an answer from Redis (an I/O error, or no reply within
+/// [`REDIS_TIMEOUT`]) retires the connection it was sent on, and the next command opens a
+/// new one. A connection with an overdue reply is never used again: it may be stuck (a
+/// path that silently drops packets reports no error for many minutes; redis-rs's
+/// `ConnectionManager` reconnects on errors that report a dropped connection but not on
+/// timeouts, so behind it every later command timed out as well), and its late replies,
+/// if any arrive, go only to the requests already sent on it (the multiplexer matches
+/// replies in order), never to a later request. The old connection closes once the
+/// requests still waiting on it are done.
+#[derive(Clone)]
+pub struct RedisStore(Arc<RedisShared>);
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisStore") // the client holds the URL and its password
+    }
+}
+
+struct RedisShared {
+    client: redis::Client,
+    /// The connection commands are sent on; `None` once it was retired.
+    current: ArcSwapOption<MultiplexedConnection>,
+    /// Held while a connection is opened: callers arriving meanwhile wait for that one
+    /// rather than each opening their own.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl RedisStore {
+    /// Connects once (one retry) at start-up: a host configured for Redis does not start
+    /// without it.
+    async fn open(client: redis::Client) -> anyhow::Result<Self> {
+        let store = Self(Arc::new(RedisShared {
+            client,
+            current: ArcSwapOption::empty(),
+            opening: tokio::sync::Mutex::new(()),
+        }));
+        if store.ping_once().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            store
+                .ping_once()
+                .await
+                .context("cannot connect to Redis at REDIS_URL")?;
         }
-        Ok(Err(err)) => Err(KvError::Unavailable(err.to_string())),
-        Err(_) => Err(KvError::Unavailable("Redis did not answer in time".into())),
+        Ok(store)
+    }
+
+    async fn ping_once(&self) -> Result<(), KvError> {
+        self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
+    }
+
+    /// The current connection, or a new one.
+    async fn connection(&self) -> redis::RedisResult<Arc<MultiplexedConnection>> {
+        if let Some(connection) = self.0.current.load_full() {
+            return Ok(connection);
+        }
+        let _opening = self.0.opening.lock().await;
+        if let Some(connection) = self.0.current.load_full() {
+            return Ok(connection);
+        }
+        let config = redis::AsyncConnectionConfig::new().set_connection_timeout(REDIS_TIMEOUT);
+        let connection = Arc::new(
+            self.0
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        );
+        self.0.current.store(Some(connection.clone()));
+        Ok(connection)
+    }
+
+    /// Stops sending commands on `connection`, unless another caller already replaced it.
+    fn retire(&self, connection: &Arc<MultiplexedConnection>) {
+        self.0
+            .current
+            .compare_and_swap(connection, None::<Arc<MultiplexedConnection>>);
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, KvError> {
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs `call` on the current connection within [`REDIS_TIMEOUT`], connecting included.
+    async fn run<T, F>(&self, call: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, KvError>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + REDIS_TIMEOUT;
+        let connection = match tokio::time::timeout_at(deadline, self.connection()).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(err)) => return Err(KvError::Unavailable(err.to_string())),
+            Err(_) => {
+                return Err(KvError::Unavailable(
+                    "Redis did not accept a connection in time".into(),
+                ));
+            }
+        };
+        match tokio::time::timeout_at(deadline, call(MultiplexedConnection::clone(&connection)))
+            .await
+        {
+            Ok(Ok(value)) => Ok(value),
+            // Redis answered, refusing the command or with another type: the connection
+            // is fine.
+            Ok(Err(err))
+                if err.kind() == redis::ErrorKind::TypeError
+                    || err.kind() == redis::ErrorKind::ResponseError =>
+            {
+                Err(KvError::Invalid(err.to_string()))
+            }
+            Ok(Err(err)) => {
+                self.retire(&connection);
+                Err(KvError::Unavailable(err.to_string()))
+            }
+            Err(_) => {
+                self.retire(&connection);
+                Err(KvError::Unavailable("Redis did not answer in time".into()))
+            }
+        }
     }
 }
 

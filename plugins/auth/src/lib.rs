@@ -7,8 +7,15 @@
 //!   alive. Only the newest token may be used; presenting an older one is reuse. Rotation
 //!   replaces the value by compare-and-swap, so of two uses of one token at most one wins,
 //!   and a chain that reuse or logout deleted can never be written back. The token is
-//!   retired only by that swap, the last step: a refresh failing before it (a 503) leaves
-//!   the token usable for the client's retry;
+//!   retired only by that swap: a refresh failing before it (a 503) leaves the token
+//!   usable for the client's retry;
+//! - `pending:<jti>` → the pair a rotation of refresh token `<jti>` hands out, for
+//!   [`PENDING_TTL_MS`]: written before the swap, removed when the pair is answered. When
+//!   the swap's outcome is unknown (Redis ran it but its reply was lost: 503), the client's
+//!   retry with the same token finds the chain already moved on to exactly that pair's
+//!   refresh token and gets the pair the swap committed, instead of being taken for reuse.
+//!   A pair is answered at most once, and only after its record is certainly gone, so a
+//!   token presented again after its pair was answered is still reuse (see [`refresh`]);
 //! - `login-failures:<account>:<window>` → failed logins of one account (or of one unknown
 //!   login) in a fixed window: past [`LOGIN_FAILURES_PER_ACCOUNT`] login answers 429, so
 //!   guessing one account's password from many addresses is slowed down too.
@@ -22,6 +29,13 @@ use plinth_sdk::{Handler, Request, Response, kv, passwords, respond};
 /// (documented in the README, "Behaviour where docs/API.md is silent").
 const LOGIN_FAILURES_PER_ACCOUNT: i64 = 10;
 const LOGIN_FAILURE_WINDOW_SECS: u64 = 15 * 60;
+
+/// How long the pair of a rotation whose outcome is unknown waits for the client's retry.
+/// The record holds two live bearer tokens in the store, so it is short-lived and removed
+/// as soon as the pair is answered: only a rotation that failed after its swap leaves it
+/// behind, and only this long. Longer than the plugin's time limit (`timeout_ms`), so the
+/// record outlives the request that wrote it; long enough for a client's prompt retry.
+const PENDING_TTL_MS: u64 = 30_000;
 
 struct Auth;
 
@@ -201,6 +215,11 @@ impl FailedLogins {
     }
 }
 
+/// Rotation (docs/API.md "Auth"): only the chain's newest token is accepted, and the
+/// compare-and-swap of `chain:<id>` decides which one use of it wins. Its three outcomes:
+/// swapped (the pair is answered, once its `pending:` record is removed), not swapped
+/// (someone used or ended the chain since it was read: reuse), or unknown (an error from
+/// the store: 503, and the `pending:` record stays for the retry, see [`redeliver`]).
 fn refresh(request: &Request) -> Result<Response, Response> {
     let token = refresh_token_field(request)?;
     let claims = verify_refresh(&token)?;
@@ -210,8 +229,9 @@ fn refresh(request: &Request) -> Result<Response, Response> {
         return Err(invalid_token());
     };
     let link = ChainLink::parse(&state).ok_or_else(invalid_token)?;
+    let pending_key = format!("pending:{}", claims.token_id);
     if link.newest != claims.token_id {
-        return Err(reuse(&chain_key));
+        return redeliver(&pending_key, &link, &chain_key);
     }
     let user_id: i64 = claims.subject.parse().map_err(|_| invalid_token())?;
     match accounts::find_by_id(user_id)? {
@@ -237,12 +257,57 @@ fn refresh(request: &Request) -> Result<Response, Response> {
         started_at: link.started_at,
         newest: refresh.claims.token_id.clone(),
     };
+    let pending = Pending::of(pair(access, refresh), &next.newest);
+    kv::set(&pending_key, &pending.to_bytes()?, Some(PENDING_TTL_MS))?;
     // Commits the rotation, and retires the presented token, only if nothing else used
     // it (or ended the chain) since it was read.
-    if !kv::compare_and_swap(&chain_key, Some(&state), Some(&next.to_bytes()), ttl)? {
-        return Err(reuse(&chain_key));
+    match kv::compare_and_swap(&chain_key, Some(&state), Some(&next.to_bytes()), ttl) {
+        Ok(true) => hand_out(&pending_key, pending, &chain_key),
+        Ok(false) => {
+            forget(&pending_key);
+            Err(reuse(&chain_key))
+        }
+        // Perhaps swapped, perhaps not: the pending record answers the retry either way
+        // (a chain not moved on rotates anew; one moved on to this pair redelivers it).
+        Err(err) => Err(err.into()),
     }
-    Ok(token_response(&pair(access, refresh)))
+}
+
+/// The presented token is not the chain's newest. Either it is retired and presented
+/// again (reuse), or its rotation committed without the answer reaching the client (the
+/// store's reply was lost, 503) and this is the client's retry: then `pending:<jti>` holds
+/// exactly the pair whose refresh token is the chain's newest, and that pair is answered
+/// again (no new pair is issued). A chain ended in between (logout, reuse) has no newest
+/// to match, so nothing is redelivered after it; the chain's owner revoked by a password
+/// change or deactivation cannot get here (the presented token is refused first).
+fn redeliver(pending_key: &str, link: &ChainLink, chain_key: &str) -> Result<Response, Response> {
+    match kv::get(pending_key)?.and_then(|bytes| Pending::parse(&bytes)) {
+        Some(pending) if pending.refresh_id == link.newest => {
+            hand_out(pending_key, pending, chain_key)
+        }
+        Some(_) => {
+            forget(pending_key);
+            Err(reuse(chain_key))
+        }
+        None => Err(reuse(chain_key)),
+    }
+}
+
+/// Answers the recorded pair once its record is certainly gone, so that each pair is
+/// answered at most once and a token presented again after that is reuse. Found gone: a
+/// use of the same token took it meanwhile, i.e. the token was presented twice, so this is
+/// reuse. Unknown (an error): 503, and the record, if it is still there, answers the retry.
+fn hand_out(pending_key: &str, pending: Pending, chain_key: &str) -> Result<Response, Response> {
+    if kv::delete(pending_key)? {
+        Ok(token_response(&pending.into_pair()))
+    } else {
+        Err(reuse(chain_key))
+    }
+}
+
+/// Removes a pending record no one will be answered; best effort, as it expires anyway.
+fn forget(pending_key: &str) {
+    let _ = kv::delete(pending_key);
 }
 
 /// A retired refresh token was presented, or one token was used twice at once: whoever
@@ -252,6 +317,44 @@ fn reuse(chain_key: &str) -> Response {
     match kv::delete(chain_key) {
         Ok(_) => invalid_token(),
         Err(err) => err.into(),
+    }
+}
+
+/// The value of `pending:<jti>`: the pair one rotation of `<jti>` hands out, and the jti
+/// of its refresh token. Only what the answer needs (the token type is a constant).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Pending {
+    refresh_id: String,
+    access_token: String,
+    refresh_token: String,
+    expires_in: u64,
+}
+
+impl Pending {
+    fn of(pair: TokenPair, refresh_id: &str) -> Self {
+        Self {
+            refresh_id: refresh_id.to_owned(),
+            access_token: pair.access_token,
+            refresh_token: pair.refresh_token,
+            expires_in: pair.expires_in,
+        }
+    }
+
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    fn to_bytes(&self) -> Result<Vec<u8>, Response> {
+        serde_json::to_vec(self).map_err(|_| Response::internal("pending pair: not serializable"))
+    }
+
+    fn into_pair(self) -> TokenPair {
+        TokenPair {
+            access_token: self.access_token,
+            refresh_token: self.refresh_token,
+            token_type: "bearer",
+            expires_in: self.expires_in,
+        }
     }
 }
 
@@ -276,7 +379,8 @@ impl ChainLink {
 }
 
 /// Deleting the chain needs no compare-and-swap: a rotation racing the logout swaps only
-/// from the value it read, so it cannot write the chain back.
+/// from the value it read, so it cannot write the chain back. Nor is a pair kept for the
+/// retry of a lost rotation (`pending:`) handed out after it: redelivery needs the chain.
 ///
 /// Idempotent (docs/API.md): a genuine refresh token answers 204 even when it is already retired
 /// or revoked; only a malformed, forged or expired one is 401.
