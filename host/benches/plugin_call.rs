@@ -5,6 +5,7 @@
 //! ```text
 //! bash scripts/build-plugins.sh            # the components (target/plugins/hello)
 //! cargo bench -p plinth-host --bench plugin_call
+//! BENCH_PLUGIN_DIR=/some/hello cargo bench -p plinth-host --bench plugin_call  # another build
 //! ```
 
 use std::path::PathBuf;
@@ -17,6 +18,9 @@ use plinth_host::plugins::LoadedPlugin;
 use plinth_host::plugins::runtime::PluginEngine;
 
 fn hello_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BENCH_PLUGIN_DIR") {
+        return PathBuf::from(dir);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
         PathBuf::from,
@@ -68,7 +72,11 @@ fn plugin_call(c: &mut Criterion) {
     let request = request();
     c.bench_function("hello: instantiate + handle + drop", |b| {
         b.to_async(&runtime).iter(|| async {
-            let response = plugin.component.call(&request).await.expect("hello answers");
+            let response = plugin
+                .component
+                .call(&request)
+                .await
+                .expect("hello answers");
             assert_eq!(response.status, 200);
             response
         });
