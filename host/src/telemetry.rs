@@ -2,8 +2,10 @@
 //!
 //! `RUST_LOG` filters as usual (default `info`). Every request runs inside a `request` span
 //! carrying its request id, so every line logged for a request, the plugin's own included,
-//! names it. Lines are written by a dedicated thread so a slow stdout never stalls a
-//! request; the buffer blocks rather than drops when full (access lines are not optional).
+//! names it. JSON lines are encoded by [`json`]: each line once, the span's fields copied
+//! as they were encoded when the span began. Lines are written by a dedicated thread so a
+//! slow stdout never stalls a request; the buffer blocks rather than drops when full
+//! (access lines are not optional).
 
 use std::io::IsTerminal;
 
@@ -11,6 +13,10 @@ use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+
+pub mod json;
+
+use json::{JsonLines, JsonSpanFields};
 
 /// Flushes buffered log lines when dropped: keep it alive until the process exits.
 #[must_use = "dropping the guard stops the log writer"]
@@ -31,10 +37,8 @@ pub fn init(format: LogFormat) -> LogGuard {
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonSpanFields)
+            .event_format(JsonLines)
             .try_init(),
     };
     LogGuard(installed.is_ok().then_some(guard))
