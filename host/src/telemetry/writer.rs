@@ -1,9 +1,10 @@
 //! The log writer: lines go into one shared buffer, bounded in bytes, and a dedicated
 //! thread writes what has gathered to the output.
 //!
-//! - The thread is woken only when the buffer goes from empty to non-empty, and it writes
-//!   everything gathered since its last write with one `write_all`, so a busy host makes
-//!   one wake-up and one write per batch of lines, not per line.
+//! - The thread is woken only when the buffer goes from empty to non-empty while it waits,
+//!   and it writes everything gathered since its last write with one `write_all`; after a
+//!   write it lets lines gather for a moment (a millisecond) before it looks again, so a busy
+//!   host makes one write per millisecond or so, and no wake-up per line.
 //! - Plugin lines (target `plinth::guest`) are accepted only while the buffer holds less
 //!   than the plugins' share of the bound; beyond it they are dropped and counted, so a
 //!   plugin logging in a loop while the output is slow never makes a request wait.
@@ -27,6 +28,11 @@ pub const GUEST_TARGET: &str = "plinth::guest";
 
 /// At most one drop report per this long.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the thread lets lines gather after a write before it looks again. While it
+/// does, lines are only appended (nobody wakes it), so under load a write carries this
+/// long's worth of lines; a quiet host's line wakes an idle thread at once.
+const GATHER: Duration = Duration::from_millis(1);
 
 /// A batch buffer this large is let go of after it was written, not kept for reuse.
 const KEEP_CAPACITY: usize = 256 * 1024;
@@ -283,11 +289,22 @@ impl Shared {
             let report_now = state.dropped > 0
                 && state.queued() < self.bounds.guest
                 && report_due(last_report).is_zero();
-            if report_now {
-                let dropped = std::mem::take(&mut state.dropped);
-                drop(state);
+            // Unless the buffer is filling up, let lines gather before the next write: a
+            // busy host's lines then find the thread awake (no wake-up to pay for) and
+            // go out together.
+            let gather = !state.closing && state.waiting == 0 && state.queued() < self.bounds.guest;
+            let dropped = if report_now {
+                std::mem::take(&mut state.dropped)
+            } else {
+                0
+            };
+            drop(state);
+            if dropped > 0 {
                 report(dropped);
                 last_report = Some(Instant::now());
+            }
+            if gather {
+                std::thread::sleep(GATHER);
             }
         }
     }
@@ -499,6 +516,29 @@ mod tests {
             "one write for the first line, one for the rest"
         );
         assert_eq!(state.bytes.len(), 16 * 50);
+    }
+
+    #[test]
+    fn a_steady_stream_of_lines_is_written_in_batches_not_line_by_line() {
+        let output = Output::default();
+        let (writer, guard) =
+            LogWriter::spawn(output.clone(), BOUNDS, Reports::default().callback()).expect("spawn");
+        // 1,000 lines, one every 20 µs: 20 ms of a busy host.
+        for i in 0..1000 {
+            let next = Instant::now() + Duration::from_micros(20);
+            writer.shared.push(&line(&format!("line-{i}"), 40), false);
+            while Instant::now() < next {
+                std::hint::spin_loop();
+            }
+        }
+        drop(guard);
+        let state = output.state();
+        assert_eq!(state.bytes.len(), 1000 * 40);
+        assert!(
+            state.writes <= 200,
+            "{} writes for 1,000 lines",
+            state.writes
+        );
     }
 
     #[test]
