@@ -1,8 +1,12 @@
 //! A plugin can fail only its own request: traps, endless loops, memory bombs, huge and
 //! invalid responses are answered 500/504 and the very next requests are served normally;
 //! a plugin past its concurrency limit gets fast 503s; one plugin cannot read another's
-//! key-value entries; what a guest prints is logged, tagged with plugin and request id.
+//! key-value entries; what a guest prints is logged, tagged with plugin and request id, and
+//! a guest logging in a loop while the log output stalls loses its own lines, never the
+//! host's, and never stalls the host.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plinth_tests::{Backend, PluginsDir, TestHost, json_body, on_both_backends};
@@ -171,6 +175,115 @@ async fn guest_output_is_logged_with_plugin_and_request_id() {
         assert_eq!(line["plugin"], "bigbody", "{line}");
         assert_eq!(line["stream"], stream, "{line}");
         assert_eq!(line["request_id"], request_id.as_str(), "{line}");
+    }
+}
+
+/// Requests to `/bigbody/chatty/5000`, each logging about 12,000 lines (its log, stdout and
+/// stderr budgets of 64 KiB each, in 16-byte lines): far more than the host buffers.
+const CHATTY_REQUESTS: usize = 16;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_logging_in_a_loop_while_stdout_stalls_loses_only_its_own_lines() {
+    let plugins = PluginsDir::new();
+    plugins.deploy("hello");
+    plugins.deploy_as("bigbody", "bigbody", |m| {
+        m.replace(
+            "max_response_mb = 4",
+            "max_response_mb = 4\ntimeout_ms = 10000",
+        )
+    });
+    let host = Arc::new(TestHost::start(&plugins));
+    // A log collector that stopped reading: once the pipe is full, writes to stdout block.
+    host.pause_stdout();
+
+    // Answered within PROMPTLY, with its request id.
+    const PROMPTLY: Duration = Duration::from_secs(2);
+    async fn answered(host: &TestHost, path: &str) -> String {
+        let started = Instant::now();
+        let response = tokio::time::timeout(PROMPTLY, host.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("GET {path} not answered within {PROMPTLY:?}"));
+        assert_eq!(response.status(), 200, "GET {path}");
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .expect("request id")
+            .to_owned();
+        response.bytes().await.expect("body");
+        assert!(
+            started.elapsed() < PROMPTLY,
+            "GET {path}: {:?}",
+            started.elapsed()
+        );
+        id
+    }
+
+    // Four clients calling the chatty route in turn...
+    let chatty: Vec<_> = (0..4)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..CHATTY_REQUESTS / 4 {
+                    let response = host.get("/bigbody/chatty/5000").await;
+                    assert_eq!(response.status(), 200);
+                    ids.push(
+                        response.headers()["x-request-id"]
+                            .to_str()
+                            .expect("request id")
+                            .to_owned(),
+                    );
+                }
+                ids
+            })
+        })
+        .collect();
+    // ...while the host's own endpoint and a quiet plugin keep answering promptly.
+    let mut ids = Vec::new();
+    let mut rounds_after = 0;
+    while rounds_after < 5 {
+        if chatty.iter().all(|task| task.is_finished()) {
+            rounds_after += 1;
+        }
+        ids.push(answered(&host, "/health").await);
+        ids.push(answered(&host, "/hello/quiet").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for task in chatty {
+        ids.extend(task.await.expect("chatty client"));
+    }
+
+    // The collector reads again: every request's access line is there, and a warning says
+    // how many plugin lines were dropped.
+    host.resume_stdout();
+    let wanted: HashSet<String> = ids.into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let logs = host.json_logs();
+        let logged: HashSet<String> = logs
+            .iter()
+            .filter(|l| l["target"] == "plinth::access")
+            .filter_map(|l| l["span"]["request_id"].as_str().map(str::to_owned))
+            .collect();
+        let warning = logs.iter().find(|l| {
+            l["target"] == "plinth::log"
+                && l["level"] == "WARN"
+                && l["message"].as_str().is_some_and(|m| {
+                    m.starts_with("dropped ")
+                        && m.ends_with(" plugin log lines: the log output is not keeping up")
+                })
+        });
+        let missing: Vec<_> = wanted.difference(&logged).collect();
+        if missing.is_empty() && warning.is_some() {
+            let dropped = warning.and_then(|w| w["dropped"].as_u64()).unwrap_or(0);
+            assert!(dropped > 0, "{warning:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} access lines missing ({missing:?}), drop warning: {warning:?}",
+            missing.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -35,7 +35,13 @@ async fn serve() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let _log_guard = telemetry::init(config.log_format);
+    let _log_guard = match telemetry::init(config.log_format) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("plinth: cannot start the log writer: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

@@ -2,27 +2,52 @@
 //!
 //! `RUST_LOG` filters as usual (default `info`). Every request runs inside a `request` span
 //! carrying its request id, so every line logged for a request, the plugin's own included,
-//! names it. Lines are written by a dedicated thread so a slow stdout never stalls a
-//! request; the buffer blocks rather than drops when full (access lines are not optional).
+//! names it. JSON lines are encoded by [`json`]: each line once, the span's fields copied
+//! as they were encoded when the span began.
+//!
+//! Lines are written by a dedicated thread ([`writer`]) from a buffer bounded in bytes
+//! ([`LOG_BUFFER_BYTES`]), in batches, so a slow stdout does not slow requests down until
+//! that buffer is full. Past it, lines are treated by who caused them:
+//!
+//! - the host's own lines, the access line above all, are never dropped: a request whose
+//!   line finds no room waits for it (access lines are not optional);
+//! - plugin lines (target `plinth::guest`: their log calls, stdout and stderr) are dropped
+//!   once the buffer holds [`GUEST_SHARE_BYTES`], which leaves the rest to host lines, so
+//!   a plugin logging in a loop while stdout is slow cannot stall the serving workers.
+//!   Dropped lines are counted, and once the output catches up a `plinth::log` warning
+//!   says how many ("dropped 1234 plugin log lines: ..."), at most once a second.
 
 use std::io::IsTerminal;
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Flushes buffered log lines when dropped: keep it alive until the process exits.
+pub mod json;
+pub mod writer;
+
+use json::{JsonLines, JsonSpanFields};
+use writer::{Bounds, LogWriter, WriterGuard};
+
+/// Bytes of log lines the buffer holds before host lines wait for room.
+pub const LOG_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes in the buffer beyond which plugin lines are dropped.
+pub const GUEST_SHARE_BYTES: usize = LOG_BUFFER_BYTES / 2;
+
+/// Writes every buffered log line when dropped: keep it alive until the process exits.
 #[must_use = "dropping the guard stops the log writer"]
 #[derive(Debug)]
-pub struct LogGuard(#[allow(dead_code, reason = "held for its Drop")] Option<WorkerGuard>);
+pub struct LogGuard(#[allow(dead_code, reason = "held for its Drop")] Option<WriterGuard>);
 
-pub fn init(format: LogFormat) -> LogGuard {
+/// Installs the subscriber; fails only when the writer thread cannot be started.
+pub fn init(format: LogFormat) -> std::io::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("plinth-log")
-        .finish(std::io::stdout());
+    let bounds = Bounds {
+        total: LOG_BUFFER_BYTES,
+        guest: GUEST_SHARE_BYTES,
+    };
+    let (writer, guard) = LogWriter::spawn(std::io::stdout(), bounds, Box::new(report_drops))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -31,11 +56,18 @@ pub fn init(format: LogFormat) -> LogGuard {
     let installed = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonSpanFields)
+            .event_format(JsonLines)
             .try_init(),
     };
-    LogGuard(installed.is_ok().then_some(guard))
+    Ok(LogGuard(installed.is_ok().then_some(guard)))
+}
+
+/// Said by the writer thread once it caught up after dropping plugin lines.
+fn report_drops(dropped: u64) {
+    tracing::warn!(
+        target: "plinth::log",
+        dropped,
+        "dropped {dropped} plugin log lines: the log output is not keeping up"
+    );
 }

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// How long a host may take to load its plugins and bind.
@@ -201,8 +201,11 @@ impl HostBuilder {
         let (addr_tx, addr_rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("piped stdout");
         let sink = logs.clone();
+        let stdout_reading = Arc::new(ReadGate::default());
+        let gate = stdout_reading.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                gate.wait_while_paused();
                 if let Some(addr) = listening_addr(&line) {
                     let _ = addr_tx.send(addr);
                 }
@@ -238,6 +241,7 @@ impl HostBuilder {
             child,
             addr,
             logs,
+            stdout_reading,
             client: reqwest::Client::new(),
             _data_dir: self.data_dir,
         }
@@ -276,12 +280,35 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     value["addr"].as_str()?.parse().ok()
 }
 
+/// Whether the test reads the host's stdout (see [`TestHost::pause_stdout`]).
+#[derive(Debug, Default)]
+struct ReadGate {
+    paused: Mutex<bool>,
+    resumed: Condvar,
+}
+
+impl ReadGate {
+    fn set_paused(&self, paused: bool) {
+        *self.paused.lock().expect("gate lock") = paused;
+        self.resumed.notify_all();
+    }
+
+    fn wait_while_paused(&self) {
+        let paused = self.paused.lock().expect("gate lock");
+        let _resumed = self
+            .resumed
+            .wait_while(paused, |paused| *paused)
+            .expect("gate lock");
+    }
+}
+
 /// A running `plinth` process, killed when dropped.
 #[derive(Debug)]
 pub struct TestHost {
     child: Child,
     pub addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    stdout_reading: Arc<ReadGate>,
     pub client: reqwest::Client,
     _data_dir: Arc<tempfile::TempDir>,
 }
@@ -338,6 +365,18 @@ impl TestHost {
     /// Every line the host has written so far (stdout and stderr).
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().expect("log lock").clone()
+    }
+
+    /// Stops reading the host's stdout, as a stalled log collector would: the pipe fills
+    /// (64 KiB on Linux, plus a line or so already read) and then the host's writes to it
+    /// block. [`logs`](Self::logs) stays as it was until [`resume_stdout`](Self::resume_stdout).
+    pub fn pause_stdout(&self) {
+        self.stdout_reading.set_paused(true);
+    }
+
+    /// Reads the host's stdout again, everything it wrote in the meantime included.
+    pub fn resume_stdout(&self) {
+        self.stdout_reading.set_paused(false);
     }
 
     /// Log lines parsed as JSON objects.

@@ -1,27 +1,61 @@
-//! Test plugin: `GET /bigbody/{mib}` answers a body of that many MiB, and says so on stdout
-//! and stderr first (the host logs guest output, tagged with plugin and request id).
+//! Test plugin for what a plugin's output costs the host.
+//!
+//! - `GET /bigbody/{mib}` answers a body of that many MiB, and says so on stdout and stderr
+//!   first (the host logs guest output, tagged with plugin and request id).
+//! - `GET /bigbody/chatty/{lines}` logs that many short lines through the `log` capability,
+//!   and prints each to stdout and stderr too, then answers `{"lines": <lines>}`: a plugin
+//!   logging in a loop (the host keeps what fits its per-request budgets).
 
 use plinth_sdk::{Handler, Request, Response};
 
 struct BigBody;
 
 impl Handler for BigBody {
-    #[expect(
-        clippy::print_stdout,
-        reason = "the test is that guest output reaches the host's log"
-    )]
     fn handle(request: Request) -> Response {
-        let mib: usize = request
-            .param("mib")
-            .and_then(|mib| mib.parse().ok())
-            .unwrap_or(0);
-        println!("bigbody: answering {mib} MiB");
-        eprintln!("bigbody: stderr works too");
-        Response {
-            status: 200,
-            headers: vec![("content-type".into(), "application/octet-stream".into())],
-            body: vec![b'x'; mib * 1024 * 1024],
+        if request.route == "/bigbody/chatty/{lines}" {
+            return chatty(&request);
         }
+        big_body(&request)
+    }
+}
+
+#[expect(
+    clippy::print_stdout,
+    reason = "the test is that guest output reaches the host's log"
+)]
+fn big_body(request: &Request) -> Response {
+    let mib: usize = request
+        .param("mib")
+        .and_then(|mib| mib.parse().ok())
+        .unwrap_or(0);
+    println!("bigbody: answering {mib} MiB");
+    eprintln!("bigbody: stderr works too");
+    Response {
+        status: 200,
+        headers: vec![("content-type".into(), "application/octet-stream".into())],
+        body: vec![b'x'; mib * 1024 * 1024],
+    }
+}
+
+#[expect(
+    clippy::print_stdout,
+    reason = "the test is that guest output is bounded and never stalls the host"
+)]
+fn chatty(request: &Request) -> Response {
+    let lines: u32 = request
+        .param("lines")
+        .and_then(|lines| lines.parse().ok())
+        .unwrap_or(0);
+    for i in 0..lines {
+        let line = format!("chatty line {i}");
+        plinth_sdk::log::info(&line);
+        println!("{line}");
+        eprintln!("{line}");
+    }
+    Response {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: format!("{{\"lines\":{lines}}}").into_bytes(),
     }
 }
 
