@@ -172,9 +172,13 @@ impl EpochTicker {
                         std::thread::park_timeout(Duration::from_secs(1));
                         continue;
                     }
-                    engine.increment_epoch();
                     drop(engine);
+                    // Sleep first: a tick right as the first store appears would make
+                    // nearly every short call yield once for nothing.
                     std::thread::sleep(EPOCH_TICK);
+                    if let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .context("starting the epoch ticker thread")?;
