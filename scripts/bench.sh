@@ -8,8 +8,9 @@
 #   BENCH_RUNS=3 bash scripts/bench.sh       # each target 3 times: median, and the spread
 #   BENCH_COMPARE=bench-baseline.json bash scripts/bench.sh   # and the change against a saved result
 #
-# Every run writes its figures as JSON to $BENCH_OUT (default target/bench/latest.json); keep
-# one as a baseline (cp target/bench/latest.json bench-baseline.json) to compare later runs.
+# Every run writes its figures as JSON to $BENCH_OUT (default target/bench/latest.json, under
+# $CARGO_TARGET_DIR when set, where the binaries and plugins are taken from too); keep one as
+# a baseline (cp target/bench/latest.json bench-baseline.json) to compare later runs.
 #
 # Targets: a bare hyper hello-world built here (the machine's ceiling), GET /health (host
 # only), GET /hello/x (through a plugin instance), and GET /api/v1/users/me (JWT verify +
@@ -29,7 +30,8 @@ seconds=${BENCH_SECONDS:-10}
 connections=${BENCH_CONNECTIONS:-64}
 threads=${BENCH_THREADS:-2}
 runs=${BENCH_RUNS:-1}
-out_json=${BENCH_OUT:-target/bench/latest.json}
+target_dir=${CARGO_TARGET_DIR:-target}
+out_json=${BENCH_OUT:-$target_dir/bench/latest.json}
 compare=${BENCH_COMPARE:-}
 sections=" ${BENCH_SECTIONS:-throughput sandbox reload startup idle} "
 wants() { [[ $sections == *" $1 "* ]]; }
@@ -116,20 +118,20 @@ common_env=(JWT_SECRET=bench-secret-bench-secret-bench-secret-0123 LOG_FORMAT=js
   FIRST_SUPERUSER_PASSWORD=root-password BIND_ADDR=127.0.0.1:0
   RATE_LIMIT_PER_MINUTE=0 AUTH_RATE_LIMIT_PER_MINUTE=0)
 if wants throughput; then
-start hyper env BIND_ADDR=127.0.0.1:0 target/release/plinth-bench-hyper-hello
+start hyper env BIND_ADDR=127.0.0.1:0 $target_dir/release/plinth-bench-hyper-hello
 hyper_addr=$started_addr
-start plinth env "${common_env[@]}" DATABASE_URL="sqlite://$work/bench.db" target/release/plinth
+start plinth env "${common_env[@]}" DATABASE_URL="sqlite://$work/bench.db" $target_dir/release/plinth
 plinth_addr=$started_addr
 start plinth-pg env "${common_env[@]}" DATABASE_URL="postgres://postgres@127.0.0.1:5432/$bench_db" \
-  REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-$$" target/release/plinth
+  REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-$$" $target_dir/release/plinth
 pg_addr=$started_addr
 # Host-only path (an unknown path: routed, counted, 404) with every middleware off, and on:
 # CORS, rate limiting in Redis (a limit too high to trip), and access logging.
-start plinth-off env "${common_env[@]}" DATABASE_URL="sqlite://$work/off.db" RUST_LOG=warn,plinth=info,plinth::access=off target/release/plinth
+start plinth-off env "${common_env[@]}" DATABASE_URL="sqlite://$work/off.db" RUST_LOG=warn,plinth=info,plinth::access=off $target_dir/release/plinth
 off_addr=$started_addr
 start plinth-on env "${common_env[@]}" DATABASE_URL="sqlite://$work/on.db" \
   REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-on-$$" \
-  RATE_LIMIT_PER_MINUTE=1000000000 CORS_ALLOWED_ORIGINS=https://app.example.com target/release/plinth
+  RATE_LIMIT_PER_MINUTE=1000000000 CORS_ALLOWED_ORIGINS=https://app.example.com $target_dir/release/plinth
 on_addr=$started_addr
 
 sqlite_token=$(token_for "$plinth_addr")
@@ -183,13 +185,13 @@ fi
 if wants sandbox; then
 hostile_plugins="$work/hostile-plugins"
 mkdir -p "$hostile_plugins"
-cp -r target/plugins/hello target/test-plugins/{spin,membomb,trap,bigbody} "$hostile_plugins/"
+cp -r $target_dir/plugins/hello $target_dir/test-plugins/{spin,membomb,trap,bigbody} "$hostile_plugins/"
 # The same huge-body plugin with its concurrency capped at 1: it can block one worker, not all.
-cp -r target/test-plugins/bigbody "$hostile_plugins/bigbody-capped"
+cp -r $target_dir/test-plugins/bigbody "$hostile_plugins/bigbody-capped"
 sed -i -e 's/^name = "bigbody"/name = "bigbody-capped"/' -e 's|/bigbody/|/bigbody-capped/|' \
   -e 's/^\[limits\]/[limits]\nmax_concurrency = 1/' "$hostile_plugins/bigbody-capped/plugin.toml"
 start plinth-hostile env "${common_env[@]}" DATABASE_URL="sqlite://$work/hostile.db" \
-  PLUGINS_DIR="$hostile_plugins" RUST_LOG=warn,plinth=info,plinth::access=off target/release/plinth
+  PLUGINS_DIR="$hostile_plugins" RUST_LOG=warn,plinth=info,plinth::access=off $target_dir/release/plinth
 hostile_addr=$started_addr
 quiet=${#results[@]}
 measure "GET /hello/x, quiet" "http://$hostile_addr/hello/x"
@@ -228,10 +230,10 @@ fi
 if wants reload; then
 reload_plugins="$work/reload-plugins"
 mkdir -p "$reload_plugins"
-cp -r target/plugins/{auth,users} "$reload_plugins/"
-cp -r target/test-plugins/versioned "$reload_plugins/"
+cp -r $target_dir/plugins/{auth,users} "$reload_plugins/"
+cp -r $target_dir/test-plugins/versioned "$reload_plugins/"
 start plinth-reload env "${common_env[@]}" DATABASE_URL="sqlite://$work/reload.db" \
-  PLUGINS_DIR="$reload_plugins" PLUGIN_CACHE_DIR="$work/reload-cache" RUST_LOG=warn,plinth=info,plinth::access=off target/release/plinth
+  PLUGINS_DIR="$reload_plugins" PLUGIN_CACHE_DIR="$work/reload-cache" RUST_LOG=warn,plinth=info,plinth::access=off $target_dir/release/plinth
 reload_addr=$started_addr
 reload_token=$(token_for "$reload_addr")
 install_version() { # <built dir>: the files of a version, each renamed into place
@@ -242,7 +244,7 @@ install_version() { # <built dir>: the files of a version, each renamed into pla
 }
 watch_ms=() admin_ms=()
 for round in $(seq 1 10); do
-  if (( round % 2 )); then want=v2 dir=target/test-plugins/versioned-v2; else want=v1 dir=target/test-plugins/versioned; fi
+  if (( round % 2 )); then want=v2 dir=$target_dir/test-plugins/versioned-v2; else want=v1 dir=$target_dir/test-plugins/versioned; fi
   t0=$(now_ms)
   install_version "$dir"
   until curl -sf "http://$reload_addr/versioned" | grep -q "\"$want\""; do sleep 0.005; done
@@ -267,7 +269,7 @@ startup() { # <cache dir>: ms from spawn until hello answers 200 and users 401 (
   local t0 log="$work/startup-$RANDOM.log"
   t0=$(now_ms)
   env "${common_env[@]}" DATABASE_URL="sqlite://$work/startup.db" PLUGIN_CACHE_DIR="$1" \
-    target/release/plinth >"$log" 2>&1 &
+    $target_dir/release/plinth >"$log" 2>&1 &
   local pid=$! addr=
   until addr=$(grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$log" | head -1 | sed -E 's|listening on (http://)?||') && [ -n "$addr" ]; do
     kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
@@ -290,7 +292,7 @@ fi
 
 # --- Idle cost: CPU an idle host burns (the epoch ticker, timers) -------------------------
 if wants idle; then
-start plinth-idle env "${common_env[@]}" DATABASE_URL="sqlite://$work/idle.db" target/release/plinth
+start plinth-idle env "${common_env[@]}" DATABASE_URL="sqlite://$work/idle.db" $target_dir/release/plinth
 idle_pid=${pids[-1]}
 curl -sf "http://$started_addr/hello/x" >/dev/null   # one request, then nothing
 sleep 2
