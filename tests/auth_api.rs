@@ -3,6 +3,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use plinth_tests::api::jwt_parts;
 use plinth_tests::{Backend, TEST_JWT_SECRET, TestHost, on_both_backends};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -23,15 +24,6 @@ on_both_backends!(
     logout_racing_refresh_leaves_the_chain_dead,
     a_chain_cannot_be_refreshed_past_its_max_lifetime,
 );
-
-fn claims_of(jwt: &str) -> (Value, Value) {
-    let parts: Vec<&str> = jwt.split('.').collect();
-    assert_eq!(parts.len(), 3, "{jwt}");
-    let decode = |part: &str| -> Value {
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("json")
-    };
-    (decode(parts[0]), decode(parts[1]))
-}
 
 async fn register_creates_a_user_without_secrets(backend: Backend) {
     let (_plugins, host) = TestHost::start_api(&backend);
@@ -174,7 +166,7 @@ async fn login_with_json_or_oauth2_form_returns_a_token_pair(backend: Backend) {
     reply.expect(200, None);
     assert_eq!(reply.body["token_type"], "bearer");
     assert_eq!(reply.body["expires_in"], 1800);
-    let (header, claims) = claims_of(reply.body["access_token"].as_str().expect("access"));
+    let (header, claims) = jwt_parts(reply.body["access_token"].as_str().expect("access"));
     assert_eq!(header["alg"], "HS256");
     assert_eq!(claims["sub"], user["id"].to_string());
     assert_eq!(claims["type"], "access");
@@ -185,7 +177,7 @@ async fn login_with_json_or_oauth2_form_returns_a_token_pair(backend: Backend) {
         claims["exp"].as_u64().unwrap_or_default() - claims["iat"].as_u64().unwrap_or_default(),
         1800
     );
-    let (_, refresh) = claims_of(reply.body["refresh_token"].as_str().expect("refresh"));
+    let (_, refresh) = jwt_parts(reply.body["refresh_token"].as_str().expect("refresh"));
     assert_eq!(refresh["type"], "refresh");
     assert_eq!(
         refresh["exp"].as_u64().unwrap_or_default() - refresh["iat"].as_u64().unwrap_or_default(),
@@ -400,7 +392,7 @@ fn sign(claims: &Value, secret: &str) -> String {
 async fn forged_and_expired_tokens_are_refused(backend: Backend) {
     let (_plugins, host) = TestHost::start_api(&backend);
     let (user, tokens) = host.user("ida").await;
-    let (_, good) = claims_of(&tokens.access);
+    let (_, good) = jwt_parts(&tokens.access);
     assert_eq!(good["sub"], user["id"].to_string());
     host.get_as("/api/v1/users/me", &sign(&good, TEST_JWT_SECRET))
         .await
@@ -561,14 +553,14 @@ async fn a_chain_cannot_be_refreshed_past_its_max_lifetime(backend: Backend) {
         .env("REFRESH_TOKEN_MAX_LIFETIME", "3")
         .start(&plugins);
     let (_, tokens) = host.user("kim").await;
-    let (_, first_claims) = claims_of(&tokens.refresh);
+    let (_, first_claims) = jwt_parts(&tokens.refresh);
     let chain_start = first_claims["iat"].as_u64().expect("iat");
     assert!(first_claims["exp"].as_u64().expect("exp") <= chain_start + 3);
 
     let renewed = refresh(&host, &tokens.refresh).await;
     renewed.expect(200, None);
     let newest = refresh_token_of(&renewed);
-    let (_, claims) = claims_of(&newest);
+    let (_, claims) = jwt_parts(&newest);
     assert!(
         claims["exp"].as_u64().expect("exp") <= chain_start + 3,
         "a renewed token outlives its chain: {claims}"

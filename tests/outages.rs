@@ -151,14 +151,7 @@ async fn a_refresh_failing_on_the_way_can_be_retried() {
         .await
         .expect(503, Some("UNAVAILABLE"));
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let retried = loop {
-        let reply = host.post_json("/api/v1/auth/refresh", body.clone()).await;
-        if reply.status != 503 || Instant::now() >= deadline {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let retried = refresh_until_answered(&host, &body).await;
     retried.expect(200, None);
     let newest = retried.body["refresh_token"].as_str().expect("refresh");
     host.post_json(
@@ -174,15 +167,6 @@ fn unix_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-}
-
-fn claims_of(jwt: &str) -> serde_json::Value {
-    use base64::Engine;
-    let payload = jwt.split('.').nth(1).expect("a JWT");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .expect("base64url");
-    serde_json::from_slice(&bytes).expect("json claims")
 }
 
 /// The auth plugin's only `EVAL` is the compare-and-swap that rotates a refresh chain
@@ -205,20 +189,38 @@ async fn host_with_redis_behind(
     (plugins, host, tokens)
 }
 
-/// Refreshes until the answer is not 503 (the host's Redis connection may take a moment
-/// to come back), for at most 10 s.
-async fn refresh_until_answered(
+/// Posts `body` to `path` until the answer is not 503 (a backend connection may take a
+/// moment to come back), for at most 20 s.
+async fn post_until_answered(
     host: &TestHost,
+    path: &str,
     body: &serde_json::Value,
 ) -> plinth_tests::api::Reply {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let reply = host.post_json("/api/v1/auth/refresh", body.clone()).await;
+        let reply = host.post_json(path, body.clone()).await;
         if reply.status != 503 || Instant::now() >= deadline {
             return reply;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+async fn refresh_until_answered(
+    host: &TestHost,
+    body: &serde_json::Value,
+) -> plinth_tests::api::Reply {
+    post_until_answered(host, "/api/v1/auth/refresh", body).await
+}
+
+/// A refresh with `body` whose rotation Redis commits but whose reply never reaches the
+/// host: the client is answered 503.
+async fn lose_a_rotation(host: &TestHost, proxy: &CuttableProxy, body: &serde_json::Value) {
+    proxy.swallow_replies_after(COMPARE_AND_SWAP);
+    host.post_json("/api/v1/auth/refresh", body.clone())
+        .await
+        .expect(503, Some("UNAVAILABLE"));
+    proxy.stop_swallowing();
 }
 
 /// Redis ran a refresh's rotation but its reply was lost, so the host answered 503: the
@@ -233,11 +235,7 @@ async fn a_refresh_whose_redis_reply_was_lost_can_be_retried() {
     let (_plugins, host, tokens) = host_with_redis_behind(&backend, &proxy, "tia").await;
     let original = serde_json::json!({"refresh_token": tokens.refresh});
 
-    proxy.swallow_replies_after(COMPARE_AND_SWAP);
-    host.post_json("/api/v1/auth/refresh", original.clone())
-        .await
-        .expect(503, Some("UNAVAILABLE"));
-    proxy.stop_swallowing();
+    lose_a_rotation(&host, &proxy, &original).await;
 
     let retried_at = unix_secs();
     let retried = refresh_until_answered(&host, &original).await;
@@ -250,7 +248,9 @@ async fn a_refresh_whose_redis_reply_was_lost_can_be_retried() {
     let redelivered = retried.body["refresh_token"].as_str().expect("refresh");
     // The lost answer's pair, issued before the lost attempt waited out the host's 2 s
     // Redis timeout, hence before the retry: no new pair was issued for it.
-    let issued_at = claims_of(redelivered)["iat"].as_u64().expect("iat");
+    let issued_at = plinth_tests::api::jwt_parts(redelivered).1["iat"]
+        .as_u64()
+        .expect("iat");
     assert!(
         issued_at < retried_at,
         "a new pair (iat {issued_at}, retry at {retried_at})"
@@ -290,11 +290,7 @@ async fn a_lost_refresh_is_redelivered_once() {
     let (_plugins, host, tokens) = host_with_redis_behind(&backend, &proxy, "uma").await;
     let original = serde_json::json!({"refresh_token": tokens.refresh});
 
-    proxy.swallow_replies_after(COMPARE_AND_SWAP);
-    host.post_json("/api/v1/auth/refresh", original.clone())
-        .await
-        .expect(503, Some("UNAVAILABLE"));
-    proxy.stop_swallowing();
+    lose_a_rotation(&host, &proxy, &original).await;
     let retried = refresh_until_answered(&host, &original).await;
     retried.expect(200, None);
     let redelivered = retried.body["refresh_token"].as_str().expect("refresh");
@@ -319,22 +315,9 @@ async fn a_lost_refresh_is_not_redelivered_after_logout() {
     let (_plugins, host, tokens) = host_with_redis_behind(&backend, &proxy, "val").await;
     let original = serde_json::json!({"refresh_token": tokens.refresh});
 
-    proxy.swallow_replies_after(COMPARE_AND_SWAP);
-    host.post_json("/api/v1/auth/refresh", original.clone())
-        .await
-        .expect(503, Some("UNAVAILABLE"));
-    proxy.stop_swallowing();
+    lose_a_rotation(&host, &proxy, &original).await;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let logged_out = loop {
-        let reply = host
-            .post_json("/api/v1/auth/logout", original.clone())
-            .await;
-        if reply.status != 503 || Instant::now() >= deadline {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let logged_out = post_until_answered(&host, "/api/v1/auth/logout", &original).await;
     logged_out.expect(204, None);
     refresh_until_answered(&host, &original)
         .await

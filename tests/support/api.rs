@@ -180,3 +180,18 @@ impl TestHost {
         (reply.body, tokens)
     }
 }
+
+/// The header and claims of a JWT, decoded without checking its signature (what a client
+/// can read of its own token).
+pub fn jwt_parts(jwt: &str) -> (Value, Value) {
+    use base64::Engine;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3, "not a JWT: {jwt}");
+    let decode = |part: &str| -> Value {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .expect("base64url");
+        serde_json::from_slice(&bytes).expect("json")
+    };
+    (decode(parts[0]), decode(parts[1]))
+}
