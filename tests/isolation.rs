@@ -1,6 +1,7 @@
 //! A plugin can fail only its own request: traps, endless loops, memory bombs, huge and
 //! invalid responses are answered 500/504 and the very next requests are served normally;
-//! a plugin past its concurrency limit gets fast 503s; one plugin cannot read another's
+//! a plugin past its concurrency limit gets fast 503s; a plugin filling tens of MiB per
+//! call takes turns on the heavy lanes; one plugin cannot read another's
 //! key-value entries; what a guest prints is logged, tagged with plugin and request id, and
 //! a guest logging in a loop while the log output stalls loses its own lines, never the
 //! host's, and never stalls the host.
@@ -152,6 +153,74 @@ async fn a_huge_response_body_is_500_and_a_fitting_one_is_served() {
                 .as_str()
                 .is_some_and(|e| e.contains("max_response_mb"))
     });
+}
+
+/// A call that fills tens of MiB holds its worker thread for milliseconds without a chance
+/// to yield. Such a plugin is put on the heavy lanes (one fewer than the host's worker
+/// threads), so its calls take turns there and never hold every worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_filling_tens_of_mib_takes_turns_on_the_heavy_lanes() {
+    let plugins = PluginsDir::with(&["auth", "users", "hello", "bigbody"]);
+    let host = Arc::new(TestHost::builder().with_root().start(&plugins));
+    let root = host.root_tokens().await;
+
+    // Light calls leave it off the lanes.
+    assert_eq!(host.get("/bigbody/1").await.status(), 200);
+    let bigbody = host.admin_plugin("bigbody", &root.access).await;
+    assert_eq!(bigbody["heavy"]["marked"], false, "{bigbody}");
+    assert_eq!(bigbody["counters"]["heavy_calls"], 0, "{bigbody}");
+    let lanes = bigbody["heavy"]["lanes"].as_u64().expect("heavy.lanes");
+    assert!(lanes >= 1, "{bigbody}");
+
+    // One call that fills 32 MiB puts it there, and the operator is told.
+    assert_eq!(host.get("/bigbody/hold/32/0").await.status(), 200);
+    let warning = host
+        .wait_for_log(|l| l["level"] == "WARN" && l["plugin"] == "bigbody" && l["lanes"] == lanes);
+    assert!(
+        warning["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("heavy lanes")),
+        "{warning}"
+    );
+    let bigbody = host.admin_plugin("bigbody", &root.access).await;
+    assert_eq!(bigbody["heavy"]["marked"], true, "{bigbody}");
+    assert_eq!(bigbody["counters"]["heavy_calls"], 1, "{bigbody}");
+    // Other plugins are not marked.
+    let hello = host.admin_plugin("hello", &root.access).await;
+    assert_eq!(hello["heavy"]["marked"], false, "{hello}");
+
+    // One more heavy call than there are lanes: the last waits for a lane to free, so the
+    // batch takes at least two calls' time; meanwhile the host and other plugins answer.
+    let hold = Duration::from_millis(400);
+    let started = Instant::now();
+    let calls: Vec<_> = (0..=lanes)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                let response = host
+                    .get(&format!("/bigbody/hold/32/{}", hold.as_millis()))
+                    .await;
+                (response.status(), Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_healthy(&host).await;
+    assert_eq!(host.get("/hello/lanes").await.status(), 200);
+    let mut last_done = started;
+    for call in calls {
+        let (status, done) = call.await.expect("join");
+        assert_eq!(status, 200);
+        last_done = last_done.max(done);
+    }
+    let took = last_done - started;
+    assert!(
+        took >= 2 * hold,
+        "{} heavy calls on {lanes} lane(s) took {took:?}",
+        lanes + 1
+    );
+    let bigbody = host.admin_plugin("bigbody", &root.access).await;
+    assert_eq!(bigbody["counters"]["heavy_calls"], lanes + 2, "{bigbody}");
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The admin API (docs/API.md "Platform endpoints"), for superusers:
 //! - `GET /admin/plugins` — every plugin: name, version, content hash, routes, loaded_at,
-//!   state, last error, and counters since it was loaded (requests, traps, timeouts,
-//!   invalid responses, rejections);
+//!   state, last error, counters since it was loaded (requests, traps, timeouts,
+//!   invalid responses, rejections, heavy calls) and whether it is on the heavy lanes;
 //! - `POST /admin/plugins/{name}/reload` — rebuild one plugin from its directory and swap
 //!   it in; 404 for an unknown plugin, 422 with the reason when the new build is refused
 //!   (the old version keeps serving).
@@ -81,5 +81,6 @@ fn describe(plugin: &LoadedPlugin, last_error: Option<String>) -> Value {
         "data_set": plugin.component.capabilities.data_set(),
         "limits": plugin.manifest.limits,
         "counters": plugin.component.counters.snapshot(),
+        "heavy": plugin.component.heavy_status(),
     })
 }

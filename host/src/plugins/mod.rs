@@ -145,6 +145,8 @@ impl LoadedPlugin {
                 engine: engine.engine().clone(),
                 slots: engine.slots(),
                 ticker: engine.ticker(),
+                heavy_lanes: engine.heavy_lanes(),
+                heavy: runtime::HeavyMark::default(),
                 pre,
                 plugin_name: Arc::from(manifest.name.as_str()),
                 capabilities: plugin_capabilities,

@@ -10,7 +10,10 @@
 //! A request first passes its plugin's [`Admission`] (a concurrency cap with a short,
 //! bounded queue: past it, a fast 503), then runs in a new [`Store`] with the plugin's
 //! memory limit and a deadline; while under its deadline a guest yields to tokio at every
-//! tick, so a busy plugin never holds a worker thread.
+//! tick, so a busy plugin never holds a worker thread for long. What a tick cannot cut
+//! short (filling or copying tens of MiB in one instruction, lifting a huge response,
+//! resetting the memory afterwards) is bounded by [`HeavyLanes`]: a plugin whose calls
+//! touch that much memory takes turns on fewer lanes than there are worker threads.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,8 +24,8 @@ use anyhow::Context;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
-    StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+    ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -59,6 +62,14 @@ const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
 /// How long a request waits for a free instance slot before it is answered 503.
 const SLOT_WAIT: Duration = Duration::from_secs(5);
 
+/// A call whose linear memory reached this size is heavy: filling, copying and resetting
+/// that much holds a worker thread for milliseconds (several epoch ticks) without a chance
+/// to yield. Rust guests start near 1 MiB; `auth` and `users` stay under 3 MiB.
+const HEAVY_MEMORY_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a plugin's calls keep taking turns on the heavy lanes after its last heavy call.
+const HEAVY_FOR: Duration = Duration::from_secs(60);
+
 /// The per-process plugin engine.
 #[derive(Clone, Debug)]
 pub struct PluginEngine {
@@ -69,6 +80,7 @@ pub struct PluginEngine {
     /// (fairly, in arrival order) instead of failing to instantiate.
     slots: Arc<Semaphore>,
     ticker: EpochTicker,
+    heavy_lanes: HeavyLanes,
 }
 
 /// How compilations were served so far: from the on-disk cache, or compiled afresh.
@@ -115,6 +127,7 @@ impl PluginEngine {
             cache,
             slots: Arc::new(Semaphore::new(MAX_LIVE_INSTANCES as usize)),
             ticker,
+            heavy_lanes: HeavyLanes::for_this_runtime(),
         })
     }
 
@@ -128,6 +141,10 @@ impl PluginEngine {
 
     pub fn ticker(&self) -> EpochTicker {
         self.ticker.clone()
+    }
+
+    pub fn heavy_lanes(&self) -> HeavyLanes {
+        self.heavy_lanes.clone()
     }
 
     /// `None` when the on-disk cache is off.
@@ -201,6 +218,112 @@ impl EpochTicker {
     }
 }
 
+/// Where heavy calls run: one lane fewer than the runtime has worker threads (at least
+/// one), shared by every plugin, so calls that cannot yield never hold all the workers
+/// and the other plugins' requests keep being served (issue 14: `/hello/x` p99 next to a
+/// plugin answering 64 MiB bodies went from 19× its quiet figure to under 3×).
+///
+/// A plugin is put on the lanes by what its calls cost, not by configuration: a call that
+/// grows its memory past [`HEAVY_MEMORY_BYTES`] marks the plugin version for [`HEAVY_FOR`].
+/// Its calls then wait (within the plugin's queue timeout) for a lane; a plugin that never
+/// touches that much memory never waits here.
+#[derive(Clone, Debug)]
+pub struct HeavyLanes {
+    lanes: Arc<Semaphore>,
+    count: usize,
+    /// The origin of [`HeavyMark`]'s timestamps.
+    origin: Instant,
+}
+
+impl HeavyLanes {
+    fn for_this_runtime() -> Self {
+        let workers = tokio::runtime::Handle::try_current()
+            .map(|runtime| runtime.metrics().num_workers())
+            .unwrap_or_else(|_| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Self::new(workers.saturating_sub(1).max(1))
+    }
+
+    fn new(count: usize) -> Self {
+        Self {
+            lanes: Arc::new(Semaphore::new(count)),
+            count,
+            origin: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Until when (milliseconds after [`HeavyLanes::origin`]) a plugin version's calls take
+/// the heavy lanes; 0: never marked.
+#[derive(Debug, Default)]
+pub struct HeavyMark(AtomicU64);
+
+impl HeavyMark {
+    fn is_set(&self, lanes: &HeavyLanes) -> bool {
+        lanes.now() < self.0.load(Ordering::Relaxed)
+    }
+
+    /// Marks the plugin heavy for [`HEAVY_FOR`]; true when it was not marked already.
+    fn set(&self, lanes: &HeavyLanes) -> bool {
+        let now = lanes.now();
+        let until = now.saturating_add(u64::try_from(HEAVY_FOR.as_millis()).unwrap_or(u64::MAX));
+        self.0.swap(until, Ordering::Relaxed) <= now
+    }
+}
+
+/// A store's limits, and the largest linear memory its instance reached.
+struct TrackedLimits {
+    limits: StoreLimits,
+    peak_memory: usize,
+}
+
+impl ResourceLimiter for TrackedLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak_memory = self.peak_memory.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
 /// A store's claim on the epoch ticker (see [`EpochTicker`]).
 #[derive(Debug)]
 pub struct EpochTicking(Arc<TickerShared>);
@@ -216,7 +339,7 @@ impl Drop for EpochTicking {
 pub struct InstanceState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: TrackedLimits,
     capabilities: InstanceCapabilities,
     _ticking: EpochTicking,
 }
@@ -267,6 +390,8 @@ pub struct PluginCounters {
     pub invalid_responses: AtomicU64,
     /// Requests refused at capacity (the plugin's queue, or the host's instance slots).
     pub rejections: AtomicU64,
+    /// Calls whose memory grew past [`HEAVY_MEMORY_BYTES`] (see [`HeavyLanes`]).
+    pub heavy_calls: AtomicU64,
 }
 
 impl PluginCounters {
@@ -287,6 +412,7 @@ impl PluginCounters {
             "timeouts": self.timeouts.load(Ordering::Relaxed),
             "invalid_responses": self.invalid_responses.load(Ordering::Relaxed),
             "rejections": self.rejections.load(Ordering::Relaxed),
+            "heavy_calls": self.heavy_calls.load(Ordering::Relaxed),
         })
     }
 }
@@ -310,6 +436,19 @@ impl Admission {
             ),
             queue_timeout: limits.queue_timeout(),
         }
+    }
+
+    /// A turn on a heavy lane, waiting at most the queue timeout for one.
+    async fn heavy_lane(&self, lanes: &HeavyLanes) -> Result<OwnedSemaphorePermit, PluginFailure> {
+        tokio::time::timeout(self.queue_timeout, lanes.lanes.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                PluginFailure::Overloaded(format!(
+                    "no heavy-call lane within the queue timeout of {:?}",
+                    self.queue_timeout
+                ))
+            })?
+            .map_err(|_| PluginFailure::Overloaded("heavy-call lanes closed".into()))
     }
 
     async fn admit(&self) -> Result<OwnedSemaphorePermit, PluginFailure> {
@@ -336,6 +475,8 @@ pub struct ReadyComponent {
     pub(crate) engine: Engine,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) ticker: EpochTicker,
+    pub(crate) heavy_lanes: HeavyLanes,
+    pub(crate) heavy: HeavyMark,
     pub(crate) pre: PluginPre<InstanceState>,
     pub(crate) plugin_name: Arc<str>,
     pub(crate) capabilities: PluginCapabilities,
@@ -378,6 +519,11 @@ impl ReadyComponent {
 
     async fn run(&self, request: &Request) -> Result<Response, PluginFailure> {
         let _turn = self.admission.admit().await?;
+        let _lane = if self.heavy.is_set(&self.heavy_lanes) {
+            Some(self.admission.heavy_lane(&self.heavy_lanes).await?)
+        } else {
+            None
+        };
         let _slot = tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
             .await
             .map_err(|_| PluginFailure::Overloaded("no instance slot freed in time".into()))?
@@ -398,11 +544,41 @@ impl ReadyComponent {
         // The epoch deadline stops a guest only while its code runs; this one also stops
         // a guest waiting on the host (a slow statement, the hashing queue, a sleep).
         // Dropping the call drops the store, and with it any open transaction.
-        let response = tokio::time::timeout(self.timeout, run)
+        let outcome = tokio::time::timeout(self.timeout, run)
             .await
-            .map_err(|_| PluginFailure::Timeout(self.timeout))??;
+            .map_err(|_| PluginFailure::Timeout(self.timeout));
+        self.note_cost(store.data().limits.peak_memory);
+        let response = outcome??;
         validate_response(&response, self.max_response_bytes)?;
         Ok(response)
+    }
+
+    /// Whether this version's calls take turns on the heavy lanes now, and how many lanes
+    /// the host has (shown by the admin API).
+    pub fn heavy_status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "marked": self.heavy.is_set(&self.heavy_lanes),
+            "lanes": self.heavy_lanes.count,
+        })
+    }
+
+    /// Puts the plugin on the heavy lanes if this call touched that much memory.
+    fn note_cost(&self, peak_memory: usize) {
+        if peak_memory < HEAVY_MEMORY_BYTES {
+            return;
+        }
+        self.counters.heavy_calls.fetch_add(1, Ordering::Relaxed);
+        if self.heavy.set(&self.heavy_lanes) {
+            tracing::warn!(
+                plugin = %self.plugin_name,
+                memory_mib = peak_memory / (1024 * 1024),
+                lanes = self.heavy_lanes.count,
+                "a call grew its memory past {} MiB: the plugin's calls take turns on the \
+                 heavy lanes for {}s",
+                HEAVY_MEMORY_BYTES / (1024 * 1024),
+                HEAVY_FOR.as_secs()
+            );
+        }
     }
 
     /// A store for one request. WASI gets nothing beyond what the world needs: no
@@ -422,12 +598,15 @@ impl ReadyComponent {
                 .allow_ip_name_lookup(false)
                 .build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.memory_bytes)
-                .instances(64)
-                .tables(64)
-                .memories(4)
-                .build(),
+            limits: TrackedLimits {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.memory_bytes)
+                    .instances(64)
+                    .tables(64)
+                    .memories(4)
+                    .build(),
+                peak_memory: 0,
+            },
             capabilities: self.capabilities.instance(request_id),
             _ticking: self.ticker.ticking(),
         };

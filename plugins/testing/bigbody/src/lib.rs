@@ -5,6 +5,9 @@
 //! - `GET /bigbody/chatty/{lines}` logs that many short lines through the `log` capability,
 //!   and prints each to stdout and stderr too, then answers `{"lines": <lines>}`: a plugin
 //!   logging in a loop (the host keeps what fits its per-request budgets).
+//! - `GET /bigbody/hold/{mib}/{ms}` fills that many MiB, then busy-waits that long (yielding
+//!   at every epoch tick like any guest) and answers `{"held_mib": <mib>}`: a heavy call
+//!   whose duration the test chooses.
 
 use plinth_sdk::{Handler, Request, Response};
 
@@ -14,6 +17,9 @@ impl Handler for BigBody {
     fn handle(request: Request) -> Response {
         if request.route == "/bigbody/chatty/{lines}" {
             return chatty(&request);
+        }
+        if request.route == "/bigbody/hold/{mib}/{ms}" {
+            return hold(&request);
         }
         big_body(&request)
     }
@@ -56,6 +62,27 @@ fn chatty(request: &Request) -> Response {
         status: 200,
         headers: vec![("content-type".into(), "application/json".into())],
         body: format!("{{\"lines\":{lines}}}").into_bytes(),
+    }
+}
+
+fn hold(request: &Request) -> Response {
+    let number = |name: &str| -> u64 {
+        request
+            .param(name)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0)
+    };
+    let mib = number("mib");
+    let filled = vec![b'x'; usize::try_from(mib).unwrap_or(0) * 1024 * 1024];
+    std::hint::black_box(&filled);
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(number("ms"));
+    while std::time::Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    Response {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: format!("{{\"held_mib\":{mib}}}").into_bytes(),
     }
 }
 
