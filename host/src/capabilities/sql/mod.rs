@@ -19,6 +19,7 @@
 
 pub mod guard;
 pub mod migrations;
+pub mod pool;
 pub mod postgres;
 pub mod sqlite;
 
@@ -29,10 +30,11 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::Executor as _;
-use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnection;
 use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Column, Postgres, Row, Sqlite, TypeInfo, ValueRef};
+use sqlx::{Column, Row, TypeInfo, ValueRef};
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
 use super::{CapabilityView, Descriptor, Grants};
@@ -46,32 +48,6 @@ pub use migrations::Migration;
 /// reason SQL text runs as `executor.execute(sqlx::raw_sql(..))`, whose future is already
 /// boxed, rather than `raw_sql(..).execute(executor)`.
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// How long a statement waits for a pooled connection before answering `unavailable`.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A connection idle for longer than this is pinged before it is handed out; one used
-/// more recently is trusted (as HikariCP does). sqlx's default pings every time, a
-/// round trip per statement on PostgreSQL (issue 14: +15–25% on `users/me` without it).
-/// sqlx still pings each connection on its way back to the pool, off the request's path,
-/// which also discards a connection a cancelled statement left unusable.
-const TRUST_IDLE_FOR: Duration = Duration::from_secs(1);
-
-/// The options every serving pool shares, whatever the backend.
-fn serving_pool_options<DB: sqlx::Database>(max_connections: u32) -> sqlx::pool::PoolOptions<DB> {
-    sqlx::pool::PoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for > TRUST_IDLE_FOR {
-                    sqlx::Connection::ping(conn).await?;
-                }
-                Ok(true)
-            })
-        })
-}
 
 /// Transactions one instance may hold open at once (each holds a connection).
 const MAX_OPEN_TRANSACTIONS: usize = 1;
@@ -293,18 +269,15 @@ impl SqlService {
                 };
                 match pools {
                     Pools::Sqlite(p) => {
-                        sqlx::query("SELECT 1")
-                            .execute(&p.serving)
+                        answers(&p.serving)
                             .await
                             .map_err(|e| failed("database", e))?;
                     }
                     Pools::Postgres(p) => {
-                        sqlx::query("SELECT 1")
-                            .execute(&p.primary)
+                        answers(&p.primary)
                             .await
                             .map_err(|e| failed("primary", e))?;
-                        sqlx::query("SELECT 1")
-                            .execute(&p.read)
+                        answers(&p.read)
                             .await
                             .map_err(|e| failed("read replica", e))?;
                     }
@@ -313,6 +286,13 @@ impl SqlService {
             Ok(())
         })
     }
+}
+
+/// Whether a pool hands out a connection that answers a ping.
+async fn answers<C: sqlx::Connection>(pool: &pool::Pool<C>) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let pinged = conn.ping().await;
+    conn.settle(pinged)
 }
 
 /// One data set as a plugin version uses it: its pools, whose connections cancel a
@@ -346,11 +326,11 @@ impl DataSet {
             guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
             match &self.pools {
                 Pools::Sqlite(pools) => {
-                    let mut conn = self.sqlite_connection(&pools.serving).await?;
+                    let mut conn = pools.serving.acquire().await.map_err(into_wit_error)?;
                     let rows = bind_all_sqlite(sqlx::query(statement), params)
                         .fetch_all(&mut *conn)
-                        .await
-                        .map_err(into_wit_error)?;
+                        .await;
+                    let rows = conn.settle(rows).map_err(into_wit_error)?;
                     Ok(collect_rows(&rows, sqlite_value))
                 }
                 Pools::Postgres(pools) => {
@@ -359,10 +339,11 @@ impl DataSet {
                     } else {
                         &pools.primary
                     };
+                    let mut conn = pool.acquire().await.map_err(into_wit_error)?;
                     let rows = bind_all_pg(sqlx::query(statement), params)
-                        .fetch_all(pool)
-                        .await
-                        .map_err(into_wit_error)?;
+                        .fetch_all(&mut *conn)
+                        .await;
+                    let rows = conn.settle(rows).map_err(into_wit_error)?;
                     Ok(collect_rows(&rows, pg_value))
                 }
             }
@@ -379,28 +360,25 @@ impl DataSet {
             guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
             match &self.pools {
                 Pools::Sqlite(pools) => {
-                    let mut conn = self.sqlite_connection(&pools.serving).await?;
-                    bind_all_sqlite(sqlx::query(statement), params)
+                    let mut conn = pools.serving.acquire().await.map_err(into_wit_error)?;
+                    let done = bind_all_sqlite(sqlx::query(statement), params)
                         .execute(&mut *conn)
-                        .await
+                        .await;
+                    conn.settle(done)
                         .map(|r| r.rows_affected())
                         .map_err(into_wit_error)
                 }
-                Pools::Postgres(pools) => bind_all_pg(sqlx::query(statement), params)
-                    .execute(&pools.primary)
-                    .await
-                    .map(|r| r.rows_affected())
-                    .map_err(into_wit_error),
+                Pools::Postgres(pools) => {
+                    let mut conn = pools.primary.acquire().await.map_err(into_wit_error)?;
+                    let done = bind_all_pg(sqlx::query(statement), params)
+                        .execute(&mut *conn)
+                        .await;
+                    conn.settle(done)
+                        .map(|r| r.rows_affected())
+                        .map_err(into_wit_error)
+                }
             }
         })
-    }
-
-    /// A SQLite connection (its statements are interrupted at the pool's timeout).
-    async fn sqlite_connection(
-        &self,
-        pool: &sqlx::SqlitePool,
-    ) -> Result<PoolConnection<Sqlite>, Error> {
-        pool.acquire().await.map_err(into_wit_error)
     }
 
     /// Starts a transaction on a connection of its own, held until commit or rollback.
@@ -408,7 +386,7 @@ impl DataSet {
         Box::pin(async move {
             let connection = match &self.pools {
                 Pools::Sqlite(pools) => {
-                    let mut conn = self.sqlite_connection(&pools.transactions).await?;
+                    let mut conn = pools.transactions.acquire().await.map_err(into_wit_error)?;
                     // IMMEDIATE takes the write lock now: a later write cannot fail to upgrade.
                     (&mut *conn)
                         .execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
@@ -432,9 +410,11 @@ impl DataSet {
     }
 }
 
+/// A connection inside a transaction is never settled: should its holder vanish before
+/// `COMMIT` or `ROLLBACK` completes, it is closed, never pooled again.
 enum TransactionConnection {
-    Sqlite(PoolConnection<Sqlite>),
-    Postgres(PoolConnection<Postgres>),
+    Sqlite(pool::PooledConnection<SqliteConnection>),
+    Postgres(pool::PooledConnection<PgConnection>),
 }
 
 /// An open transaction (the WIT `transaction` resource). Ending it any way other than
@@ -542,14 +522,17 @@ fn finish(
                     .execute(sqlx::raw_sql(statement))
                     .await
                     .map(drop);
-                if ended.is_err()
-                    && (&mut *conn)
+                // Back to the pool only once outside any transaction; if even `ROLLBACK`
+                // fails, its state is unknown and it is closed.
+                let outside = match &ended {
+                    Ok(()) => Ok(()),
+                    Err(_) => (&mut *conn)
                         .execute(sqlx::raw_sql("ROLLBACK"))
                         .await
-                        .is_err()
-                {
-                    // Its state is unknown: it must not serve anyone else.
-                    let _ = conn.close().await;
+                        .map(drop),
+                };
+                if outside.is_ok() {
+                    let _ = conn.settle(outside);
                 }
                 ended
             }};
@@ -573,11 +556,9 @@ impl Drop for Transaction {
                         }
                     });
                 }
-                Err(_) => match connection {
-                    // No runtime to roll back on: closing the connection ends the transaction.
-                    TransactionConnection::Sqlite(conn) => drop(conn.detach()),
-                    TransactionConnection::Postgres(conn) => drop(conn.detach()),
-                },
+                // No runtime to roll back on: the connection, never settled, is closed,
+                // which ends the transaction.
+                Err(_) => drop(connection),
             }
         }
     }

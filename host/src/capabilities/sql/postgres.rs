@@ -19,6 +19,7 @@
 //! from `DATABASE_ROLE_SECRET` (HMAC-SHA256), so every host sharing the database computes
 //! the same ones.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,6 +30,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
 use super::migrations::{AppliedMigration, MIGRATIONS_TABLE, Migration};
+use super::pool::{Pool, Recycle};
 
 /// Role name prefixes longer than this are replaced by a hash of the database name.
 const MAX_PREFIX_LEN: usize = 20;
@@ -61,8 +63,8 @@ struct Names {
 /// The pools of one PostgreSQL data set (the read pool is the primary without a replica).
 #[derive(Debug, Clone)]
 pub struct PgPools {
-    pub primary: PgPool,
-    pub read: PgPool,
+    pub primary: Pool<PgConnection>,
+    pub read: Pool<PgConnection>,
 }
 
 fn quote(identifier: &str) -> String {
@@ -95,7 +97,7 @@ impl PgBackend {
             .context("DATABASE_READ_URL is not a valid PostgreSQL URL")?;
         let admin = PgPoolOptions::new()
             .max_connections(2)
-            .acquire_timeout(super::ACQUIRE_TIMEOUT)
+            .acquire_timeout(super::pool::ACQUIRE_TIMEOUT)
             .connect_lazy_with(admin_options.clone());
         let database: String = sqlx::query_scalar("SELECT current_database()")
             .fetch_one(&admin)
@@ -254,8 +256,14 @@ impl PgBackend {
             ("idle_in_transaction_session_timeout", timeout_ms),
         ];
         let pool = |options: PgConnectOptions| {
-            super::serving_pool_options::<sqlx::Postgres>(max_connections)
-                .connect_lazy_with(options)
+            Pool::new(
+                max_connections,
+                Some(Recycle::DEFAULT),
+                Arc::new(move || {
+                    let options = options.clone();
+                    Box::pin(async move { PgConnection::connect_with(&options).await })
+                }),
+            )
         };
         let primary = pool(self.role_options(&self.admin_options, &serving, &settings));
         let read = match &self.read_options {

@@ -21,17 +21,18 @@
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use libsqlite3_sys as ffi;
 use sqlx::Connection;
 use sqlx::Executor as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 use super::migrations::{AppliedMigration, MIGRATIONS_TABLE, Migration};
+use super::pool::Pool;
 
 /// How often (in SQLite VM steps) a running statement checks its deadline.
 const PROGRESS_STEPS: i32 = 1_000;
@@ -116,24 +117,32 @@ impl SqliteBackend {
     ) -> anyhow::Result<SqlitePools> {
         let options = self.options(data_set);
         let pool = |policy: &'static Policy, max: u32| {
-            super::serving_pool_options::<sqlx::Sqlite>(max)
-                // In-process connections gain nothing from recycling, and each carries a
-                // small statement clock for its whole life (see `install_statement_clock`).
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .after_connect(move |conn, _| {
+            let options = options.clone();
+            // In-process connections gain nothing from recycling, and each carries a small
+            // statement clock for its whole life (see `install_statement_clock`).
+            Pool::new(
+                max,
+                None,
+                Arc::new(move || {
+                    let options = options.clone();
                     Box::pin(async move {
-                        install_policy(conn, policy).await?;
-                        install_statement_clock(conn, statement_timeout).await
+                        let mut conn = SqliteConnection::connect_with(&options).await?;
+                        install_policy(&mut conn, policy).await?;
+                        install_statement_clock(&mut conn, statement_timeout).await?;
+                        Ok(conn)
                     })
-                })
-                .connect_with(options.clone())
+                }),
+            )
         };
-        let serving = pool(&SERVING, max_connections)
+        let serving = pool(&SERVING, max_connections);
+        // The file opens (or is created) now, not at the first request.
+        serving
+            .acquire()
             .await
-            .with_context(|| format!("cannot open {}", self.file_of(data_set).display()))?;
+            .with_context(|| format!("cannot open {}", self.file_of(data_set).display()))?
+            .release_unused();
         // SQLite has one writer at a time: a few transaction connections are plenty.
-        let transactions = pool(&TRANSACTIONS, max_connections.clamp(1, 4)).await?;
+        let transactions = pool(&TRANSACTIONS, max_connections.clamp(1, 4));
         Ok(SqlitePools {
             serving,
             transactions,
@@ -211,8 +220,8 @@ async fn apply(
 /// The pools of one SQLite data set.
 #[derive(Debug, Clone)]
 pub struct SqlitePools {
-    pub serving: SqlitePool,
-    pub transactions: SqlitePool,
+    pub serving: Pool<SqliteConnection>,
+    pub transactions: Pool<SqliteConnection>,
 }
 
 /// When a connection's running statement started, and how long one may run.
