@@ -473,7 +473,12 @@ impl MemoryState {
             )));
         }
         let cost = Entry::cost(key, &entry.value);
-        if let Some(old) = self.entries.insert(key.to_owned(), entry) {
+        // In place when the key exists: counters are rewritten on every request.
+        let old = match self.entries.get_mut(key) {
+            Some(existing) => Some(std::mem::replace(existing, entry)),
+            None => self.entries.insert(key.to_owned(), entry),
+        };
+        if let Some(old) = old {
             self.used_bytes -= Entry::cost(key, &old.value);
         }
         self.used_bytes += cost;

@@ -32,7 +32,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::capabilities::kv::KvStore;
 use crate::plugins::manifest::RateLimitClass;
@@ -74,12 +74,17 @@ pub struct Decision {
     pub allowed: bool,
 }
 
+// Parsed once, not per response.
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
 impl Decision {
     /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (and `Retry-After` on 429).
     pub fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
-        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
-        headers.insert("ratelimit-reset", HeaderValue::from(self.reset_secs));
+        headers.insert(RATELIMIT_LIMIT, HeaderValue::from(self.limit));
+        headers.insert(RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(RATELIMIT_RESET, HeaderValue::from(self.reset_secs));
         if !self.allowed {
             headers.insert(
                 http::header::RETRY_AFTER,
@@ -148,7 +153,7 @@ impl RateLimiter {
         let key = format!(
             "{}:rl:{class_name}:{}:{window}",
             self.key_prefix,
-            client_key(client)
+            ClientKey(client)
         );
         // The key outlives its window slightly so clock skew between instances is harmless.
         let ttl = Some(WINDOW + Duration::from_secs(5));
@@ -296,14 +301,25 @@ fn reservation(limit: i64, seen: i64) -> i64 {
     ((limit - seen) / 8).clamp(1, MAX_RESERVATION)
 }
 
-/// Whose budget a client draws from: its IPv4 address, or its IPv6 /64.
-fn client_key(client: IpAddr) -> String {
-    match client.to_canonical() {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => ipnet::Ipv6Net::new(v6, 64)
-            .map(|net| net.trunc().to_string())
-            .unwrap_or_else(|_| v6.to_string()),
+/// Whose budget a client draws from: its IPv4 address, or its IPv6 /64 (written straight
+/// into the counter's key).
+struct ClientKey(IpAddr);
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.to_canonical() {
+            IpAddr::V4(v4) => v4.fmt(f),
+            IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, 64) {
+                Ok(net) => net.trunc().fmt(f),
+                Err(_) => v6.fmt(f),
+            },
+        }
     }
+}
+
+#[cfg(test)]
+fn client_key(client: IpAddr) -> String {
+    ClientKey(client).to_string()
 }
 
 /// `net` in canonical form: an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the
