@@ -133,6 +133,13 @@ start plinth-on env "${common_env[@]}" DATABASE_URL="sqlite://$work/on.db" \
   REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-on-$$" \
   RATE_LIMIT_PER_MINUTE=1000000000 CORS_ALLOWED_ORIGINS=https://app.example.com $target_dir/release/plinth
 on_addr=$started_addr
+# The example plugin opting into instance reuse (limits.reuse_instance_for).
+mkdir -p "$work/reuse-plugins"
+cp -r "$target_dir/plugins/hello" "$work/reuse-plugins/"
+sed -i 's/^\[limits\]/[limits]\nreuse_instance_for = 1000/' "$work/reuse-plugins/hello/plugin.toml"
+start plinth-reuse env "${common_env[@]}" DATABASE_URL="sqlite://$work/reuse.db" \
+  PLUGINS_DIR="$work/reuse-plugins" $target_dir/release/plinth
+reuse_addr=$started_addr
 
 sqlite_token=$(token_for "$plinth_addr")
 pg_token=$(token_for "$pg_addr")
@@ -156,6 +163,7 @@ measure "users/me PostgreSQL during login flood" "http://$pg_addr/api/v1/users/m
 wait "$flood" || true
 measure "host-only, middleware off" "http://$off_addr/nope"
 measure "host-only, CORS+rate limit(Redis)+log" "http://$on_addr/nope" -H "Origin: https://app.example.com"
+measure "plinth GET /hello/x (reused instances)" "http://$reuse_addr/hello/x"
 flood_rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$work/flood.out")
 
 echo
@@ -169,12 +177,15 @@ figure "host-only / bare hyper" "$(ratio "$(rps_of 1)" "$(rps_of 0)")"
 figure "plugin path / bare hyper" "$(ratio "$(rps_of 2)" "$(rps_of 0)")"
 figure "plugin path / host-only" "$(ratio "$(rps_of 2)" "$(rps_of 1)")"
 figure "middleware on / off" "$(ratio "$(rps_of 8)" "$(rps_of 7)")"
+figure "plugin path, reused instances / host-only" "$(ratio "$(rps_of 9)" "$(rps_of 1)")"
+figure "plugin path, reused instances / bare hyper" "$(ratio "$(rps_of 9)" "$(rps_of 0)")"
 figure "users/me p99 under login flood / quiet" "$(times "$(p99_of 6)" "$(p99_of 4)")"
 figure "login flood, logins/s" "${flood_rps:-0}"
 echo
 echo "host-only / bare hyper:      $(ratio "$(rps_of 1)" "$(rps_of 0)")"
 echo "plugin path / bare hyper:    $(ratio "$(rps_of 2)" "$(rps_of 0)")   (target: >= 30%)"
 echo "plugin path / host-only:     $(ratio "$(rps_of 2)" "$(rps_of 1)")   (target: >= 50%)"
+echo "reused instances / host-only: $(ratio "$(rps_of 9)" "$(rps_of 1)")   (target: >= 75%); / bare hyper: $(ratio "$(rps_of 9)" "$(rps_of 0)")   (target: >= 40%)"
 echo "users/me SQLite:             $(rps_of 3) req/s   (target: >= 20,000)"
 echo "users/me PostgreSQL+Redis:   $(rps_of 4) req/s, p99 $(p99_of 4) ms   (target: >= 10,000, p99 < 10 ms)"
 echo "middleware on / off (host-only):  $(ratio "$(rps_of 8)" "$(rps_of 7)")   (target: >= 85%, i.e. overhead <= 15%)"

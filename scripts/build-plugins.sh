@@ -10,7 +10,7 @@ target=${CARGO_TARGET_DIR:-target}
 bash scripts/setup.sh
 
 deployed=(hello auth users)
-testing=(trap spin membomb badstatus versioned bigbody kvprobe nosy sqlprobe)
+testing=(trap spin membomb badstatus versioned bigbody counter kvprobe nosy sqlprobe)
 
 packages=()
 for p in "${deployed[@]}" "${testing[@]}"; do packages+=(-p "plinth-plugin-$p"); done

@@ -223,6 +223,59 @@ async fn a_plugin_filling_tens_of_mib_takes_turns_on_the_heavy_lanes() {
     assert_eq!(bigbody["counters"]["heavy_calls"], lanes + 2, "{bigbody}");
 }
 
+/// Every request gets a fresh instance, so nothing one leaves in memory reaches the next,
+/// unless its plugin opts into reuse (`limits.reuse_instance_for`): then one instance
+/// serves up to that many requests, one after another, and is dropped after a trap.
+#[tokio::test]
+async fn instances_are_fresh_per_request_unless_a_plugin_opts_into_reuse() {
+    let plugins = PluginsDir::with(&["hello", "counter"]);
+    plugins.deploy_as("counter", "reused", |manifest| {
+        manifest
+            .replace("name = \"counter\"", "name = \"reused\"")
+            .replace("/counter", "/reused")
+            + "\n[limits]\nreuse_instance_for = 3\n"
+    });
+    let host = TestHost::start(&plugins);
+    async fn served(host: &TestHost, path: &str) -> (u64, String) {
+        let response = host.get(path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let request_id = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("x-request-id")
+            .to_owned();
+        let served = json_body(response).await["served"]
+            .as_u64()
+            .expect("served");
+        (served, request_id)
+    }
+
+    for _ in 0..3 {
+        assert_eq!(served(&host, "/counter").await.0, 1, "a fresh instance");
+    }
+
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(served(&host, "/reused").await);
+    }
+    let counts: Vec<u64> = seen.iter().map(|(n, _)| *n).collect();
+    assert_eq!(counts, [1, 2, 3, 1, 2], "three requests per instance");
+    // What a reused instance prints is tagged with the request that printed it.
+    for (n, request_id) in &seen {
+        host.wait_for_log(|l| {
+            l["plugin"] == "reused"
+                && l["message"] == format!("counter: {n}").as_str()
+                && l["request_id"] == request_id.as_str()
+        });
+    }
+
+    // A trap ends the instance: the next request starts afresh.
+    assert_eq!(host.get("/reused/trap").await.status(), 500);
+    assert_eq!(served(&host, "/reused").await.0, 1);
+    assert_healthy(&host).await;
+}
+
 #[tokio::test]
 async fn guest_output_is_logged_with_plugin_and_request_id() {
     let plugins = PluginsDir::with(&["bigbody"]);

@@ -69,10 +69,25 @@ impl GuestOutput {
     }
 
     fn accept(&self, bytes: &[u8]) {
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .accept(bytes);
+        self.buffer().accept(bytes);
+    }
+
+    fn buffer(&self) -> std::sync::MutexGuard<'_, LineBuffer> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The request is over but the instance lives on (`limits.reuse_instance_for`): its
+    /// output is finished as at the end of an instance, and the budget starts afresh.
+    pub fn end_request(&self) {
+        let mut buffer = self.buffer();
+        buffer.finish();
+        buffer.logged_bytes = 0;
+        buffer.dropped_bytes = 0;
+    }
+
+    /// The next lines are tagged with `request_id`.
+    pub fn start_request(&self, request_id: Arc<str>) {
+        self.buffer().request_id = request_id;
     }
 }
 
@@ -120,8 +135,14 @@ impl LineBuffer {
 }
 
 impl Drop for LineBuffer {
-    /// The request is over: log an unterminated last line, and say what was not logged.
     fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl LineBuffer {
+    /// The request is over: log an unterminated last line, and say what was not logged.
+    fn finish(&mut self) {
         if !self.pending.is_empty() {
             self.emit();
         }

@@ -21,6 +21,7 @@ const MAX_MEMORY_MB: u32 = 512;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_CONCURRENCY: u32 = 1_000;
 const MAX_QUEUED: u32 = 10_000;
+const MAX_REUSE: u32 = 10_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +90,10 @@ pub struct Limits {
     pub queue_timeout_ms: u64,
     /// Largest response body the plugin may return (a larger one is a plugin failure).
     pub max_response_mb: u32,
+    /// Requests one instance may serve, one after another; 0 (the default): a fresh
+    /// instance for every request. Only for plugins that keep nothing between requests:
+    /// whatever a request leaves in the instance's memory, the next one can see.
+    pub reuse_instance_for: u32,
 }
 
 impl Default for Limits {
@@ -100,6 +105,7 @@ impl Default for Limits {
             max_queued: 1_024,
             queue_timeout_ms: 1_000,
             max_response_mb: 8,
+            reuse_instance_for: 0,
         }
     }
 }
@@ -145,6 +151,10 @@ impl Limits {
         ensure!(
             (1..=MAX_MEMORY_MB).contains(&self.max_response_mb),
             "`limits.max_response_mb` must be between 1 and {MAX_MEMORY_MB}"
+        );
+        ensure!(
+            self.reuse_instance_for <= MAX_REUSE,
+            "`limits.reuse_instance_for` must be at most {MAX_REUSE}"
         );
         Ok(())
     }

@@ -153,6 +153,8 @@ impl LoadedPlugin {
                 memory_bytes: manifest.limits.memory_bytes(),
                 timeout: manifest.limits.timeout(),
                 max_response_bytes: manifest.limits.max_response_bytes(),
+                reuse_for: manifest.limits.reuse_instance_for,
+                parked: std::sync::Mutex::default(),
             },
             manifest,
         };

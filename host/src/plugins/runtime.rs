@@ -14,6 +14,11 @@
 //! short (filling or copying tens of MiB in one instruction, lifting a huge response,
 //! resetting the memory afterwards) is bounded by [`HeavyLanes`]: a plugin whose calls
 //! touch that much memory takes turns on fewer lanes than there are worker threads.
+//!
+//! A plugin that keeps no state between requests may opt into reuse
+//! (`limits.reuse_instance_for`): after a successful call its instance is parked
+//! (capability state, output and ticker claim released) and the next request of that
+//! version runs in it, instantiation skipped; a trap or timeout drops it instead.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +34,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::{PluginPre, Request, Response};
+use crate::bindings::{Plugin, PluginPre, Request, Response};
 use crate::bounded::{BoundedSemaphore, Refusal};
 use crate::capabilities::{CapabilityView, InstanceCapabilities, PluginCapabilities};
 use crate::plugins::guest_output::{GuestOutput, GuestStream};
@@ -341,7 +346,10 @@ pub struct InstanceState {
     table: ResourceTable,
     limits: TrackedLimits,
     capabilities: InstanceCapabilities,
-    _ticking: EpochTicking,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
+    /// Held while the store serves a request (a parked reusable instance runs no code).
+    ticking: Option<EpochTicking>,
 }
 
 impl std::fmt::Debug for InstanceState {
@@ -483,6 +491,22 @@ pub struct ReadyComponent {
     pub(crate) memory_bytes: usize,
     pub(crate) timeout: Duration,
     pub(crate) max_response_bytes: usize,
+    /// `limits.reuse_instance_for`: 0, a fresh instance per request.
+    pub(crate) reuse_for: u32,
+    /// Instances between requests, most recently used last (only when `reuse_for > 0`).
+    pub(crate) parked: std::sync::Mutex<Vec<Parked>>,
+}
+
+/// Reusable instances parked per plugin version at most: enough to keep every worker
+/// thread busy with warm ones; more would only hold memory.
+const MAX_PARKED: usize = 16;
+
+/// An instance, its store and its slot, between two requests (`limits.reuse_instance_for`).
+pub(crate) struct Parked {
+    store: Store<InstanceState>,
+    instance: Plugin,
+    served: u32,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl std::fmt::Debug for ReadyComponent {
@@ -524,17 +548,34 @@ impl ReadyComponent {
         } else {
             None
         };
-        let _slot = tokio::time::timeout(SLOT_WAIT, self.slots.acquire())
-            .await
-            .map_err(|_| PluginFailure::Overloaded("no instance slot freed in time".into()))?
-            .map_err(|_| PluginFailure::Overloaded("instance slots closed".into()))?;
-        let mut store = self.new_store(Arc::from(request.request_id.as_str()));
+        let request_id: Arc<str> = Arc::from(request.request_id.as_str());
+        let (mut store, mut instance, served, slot) = match self.unpark(request_id.clone()) {
+            Some(parked) => (
+                parked.store,
+                Some(parked.instance),
+                parked.served,
+                parked._slot,
+            ),
+            None => {
+                let slot = tokio::time::timeout(SLOT_WAIT, self.slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| {
+                        PluginFailure::Overloaded("no instance slot freed in time".into())
+                    })?
+                    .map_err(|_| PluginFailure::Overloaded("instance slots closed".into()))?;
+                (self.new_store(request_id), None, 0, slot)
+            }
+        };
         let run = async {
-            let instance = self
-                .pre
-                .instantiate_async(&mut store)
-                .await
-                .map_err(|err| self.classify(err, true))?;
+            let instance = match &mut instance {
+                Some(instance) => instance,
+                None => instance.insert(
+                    self.pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|err| self.classify(err, true))?,
+                ),
+            };
             instance
                 .plinth_plugin_handler()
                 .call_handle(&mut store, request)
@@ -548,9 +589,58 @@ impl ReadyComponent {
             .await
             .map_err(|_| PluginFailure::Timeout(self.timeout));
         self.note_cost(store.data().limits.peak_memory);
+        // A trap or a timeout leaves the instance unusable: it is dropped here.
         let response = outcome??;
         validate_response(&response, self.max_response_bytes)?;
+        if let Some(instance) = instance {
+            self.park(Parked {
+                store,
+                instance,
+                served: served + 1,
+                _slot: slot,
+            });
+        }
         Ok(response)
+    }
+
+    /// A parked instance ready for the request `request_id`, if the plugin reuses them.
+    fn unpark(&self, request_id: Arc<str>) -> Option<Parked> {
+        if self.reuse_for == 0 {
+            return None;
+        }
+        let mut parked = self
+            .parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()?;
+        let state = parked.store.data_mut();
+        state.stdout.start_request(request_id.clone());
+        state.stderr.start_request(request_id.clone());
+        state.capabilities = self.capabilities.instance(request_id);
+        state.ticking = Some(self.ticker.ticking());
+        self.arm_deadline(&mut parked.store);
+        Some(parked)
+    }
+
+    /// Keeps an instance for a later request, unless it has served its share or enough
+    /// are parked. What the request held is released first: its capability state (an open
+    /// transaction is rolled back), its output lines, its claim on the epoch ticker.
+    fn park(&self, mut parked: Parked) {
+        if parked.served >= self.reuse_for {
+            return;
+        }
+        let state = parked.store.data_mut();
+        state.capabilities = self.capabilities.instance(Arc::from("parked"));
+        state.stdout.end_request();
+        state.stderr.end_request();
+        state.ticking = None;
+        let mut all = self
+            .parked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if all.len() < MAX_PARKED {
+            all.push(parked);
+        }
     }
 
     /// Whether this version's calls take turns on the heavy lanes now, and how many lanes
@@ -587,12 +677,13 @@ impl ReadyComponent {
     fn new_store(&self, request_id: Arc<str>) -> Store<InstanceState> {
         let output =
             |stream| GuestOutput::new(self.plugin_name.clone(), request_id.clone(), stream);
+        let (stdout, stderr) = (output(GuestStream::Stdout), output(GuestStream::Stderr));
         let state = InstanceState {
             // Said explicitly, not left to defaults: no sockets, no name lookups. Clocks
             // and randomness stay (std's `Instant`, `SystemTime` and hash maps need them).
             wasi: WasiCtx::builder()
-                .stdout(output(GuestStream::Stdout))
-                .stderr(output(GuestStream::Stderr))
+                .stdout(stdout.clone())
+                .stderr(stderr.clone())
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
@@ -608,11 +699,18 @@ impl ReadyComponent {
                 peak_memory: 0,
             },
             capabilities: self.capabilities.instance(request_id),
-            _ticking: self.ticker.ticking(),
+            stdout,
+            stderr,
+            ticking: Some(self.ticker.ticking()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        // Wake at every tick: yield to tokio while time remains, trap once it has run out.
+        self.arm_deadline(&mut store);
+        store
+    }
+
+    /// Wake at every tick: yield to tokio while time remains, trap once it has run out.
+    fn arm_deadline(&self, store: &mut Store<InstanceState>) {
         let deadline = Instant::now() + self.timeout;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
@@ -622,7 +720,6 @@ impl ReadyComponent {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        store
     }
 
     fn classify(&self, err: wasmtime::Error, instantiating: bool) -> PluginFailure {
