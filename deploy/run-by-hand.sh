@@ -35,7 +35,9 @@ export DATABASE_ROLE_SECRET
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export FIRST_SUPERUSER_EMAIL=admin@example.com FIRST_SUPERUSER_USERNAME=admin
 for port in 8081 8082; do
-  BIND_ADDR=127.0.0.1:$port target/release/plinth >"$work/plinth-$port.log" 2>&1 &
+  # Metrics on 9464 and 9465 (compose: 9464 on each host's own address).
+  BIND_ADDR=127.0.0.1:$port METRICS_ADDR=127.0.0.1:$((port + 1383)) target/release/plinth \
+    >"$work/plinth-$port.log" 2>&1 &
   pids+=($!)
 done
 for port in 8081 8082; do
@@ -48,10 +50,20 @@ sed -e 's/plinth-1:8080/127.0.0.1:8081/; s/plinth-2:8080/127.0.0.1:8082/' \
     -e "s|^http {|http {\n    access_log $work/access.log;\n    client_body_temp_path $work;\n    proxy_temp_path $work;|" \
     deploy/nginx.conf >"$work/nginx.conf"
 nginx -p "$work" -c "$work/nginx.conf"
+# Prometheus, as in compose, when installed (Debian's `prometheus`; scripts/tools.sh).
+if command -v prometheus >/dev/null; then
+  sed -e 's/plinth-1:9464/127.0.0.1:9464/; s/plinth-2:9464/127.0.0.1:9465/' \
+    deploy/prometheus.yml >"$work/prometheus.yml"
+  prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus" \
+    --web.listen-address=127.0.0.1:9090 >"$work/prometheus.log" 2>&1 &
+  pids+=($!)
+  echo "prometheus on http://127.0.0.1:9090 (scraping 9464, 9465)"
+fi
 echo "serving on http://127.0.0.1:8090 (hosts 8081, 8082); logs in $work; Ctrl-C stops"
 if [ "${1:-}" = "--check" ]; then
   curl -fsS 127.0.0.1:8090/ready && echo
   for i in 1 2 3 4; do curl -fsS -o /dev/null -w "%{http_code} " 127.0.0.1:8090/health; done; echo
+  for port in 9464 9465; do curl -fsS "127.0.0.1:$port/metrics" | grep -c '^http_server_request_duration_seconds_count' ; done
   exit 0
 fi
 wait

@@ -8,6 +8,8 @@ cargo build --release --locked -p plinth-host
 # PostgreSQL and Redis on localhost: started if installed and stopped. The tests that need
 # them fail with a clear message when they cannot be reached (they never pass silently).
 bash scripts/services.sh || true
+# Outside tools some tests use (promtool), from Debian's packages if missing.
+bash scripts/tools.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "test: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest

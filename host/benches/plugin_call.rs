@@ -64,7 +64,9 @@ fn plugin_call(c: &mut Criterion) {
         })
         .expect("configuration");
         let capabilities = Arc::new(Capabilities::connect(&config).await.expect("capabilities"));
-        let engine = PluginEngine::new(None).expect("engine");
+        let metrics =
+            Arc::new(plinth_host::telemetry::metrics::Metrics::new(false).expect("metrics"));
+        let engine = PluginEngine::new(None, metrics).expect("engine");
         LoadedPlugin::load(&engine, &capabilities, &dir, None)
             .await
             .expect("loading hello")

@@ -60,6 +60,16 @@ pub async fn handle(
     }
 }
 
+/// The template of an admin path, for metrics (`None`: not an admin endpoint).
+pub fn route_template(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["admin", "plugins"] => Some("/admin/plugins"),
+        ["admin", "plugins", _, "reload"] => Some("/admin/plugins/{name}/reload"),
+        _ => None,
+    }
+}
+
 fn describe(plugin: &LoadedPlugin, last_error: Option<String>) -> Value {
     let routes: Vec<Value> = plugin
         .manifest

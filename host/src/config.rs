@@ -41,6 +41,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind_addr: SocketAddr,
+    /// Where the Prometheus exposition is served (`METRICS_ADDR`); `None`: not served, and
+    /// requests are not measured.
+    pub metrics_addr: Option<SocketAddr>,
     pub app_env: AppEnv,
     pub log_format: LogFormat,
     /// Directory of deployable plugins: one sub-directory per plugin with `plugin.toml`.
@@ -90,6 +93,10 @@ impl Config {
             .unwrap_or_else(|| "127.0.0.1:8080".to_owned())
             .parse()
             .context("BIND_ADDR must be an address like 127.0.0.1:8080")?;
+        let metrics_addr = get("METRICS_ADDR")
+            .map(|addr| addr.parse())
+            .transpose()
+            .context("METRICS_ADDR must be an address like 127.0.0.1:9464")?;
         let app_env = match get("APP_ENV").as_deref() {
             None | Some("development") => AppEnv::Development,
             Some("production") => AppEnv::Production,
@@ -238,6 +245,7 @@ impl Config {
 
         Ok(Self {
             bind_addr,
+            metrics_addr,
             app_env,
             log_format,
             plugins_dir,

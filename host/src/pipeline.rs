@@ -37,17 +37,21 @@ use crate::authn;
 use crate::bindings;
 use crate::error::{ApiError, Body, json_response};
 use crate::middleware::rate_limit::client_ip;
+use crate::plugins::LoadedPlugin;
 use crate::plugins::manifest::RateLimitClass;
 use crate::plugins::routes::RouteMatch;
 use crate::plugins::runtime::PluginFailure;
 use crate::request_id;
 pub use crate::state::AppState;
+use crate::telemetry::metrics::{Metrics, ObservedRequest};
 
-/// What the access log line says about where a request went.
+/// What the access log line and the metrics say about where a request went.
 #[derive(Debug, Default)]
 struct Outcome {
+    /// The route template (or the host endpoint's path); `None`: no route matched.
     route: Option<Arc<str>>,
-    plugin: Option<(String, String)>,
+    plugin: Option<Arc<LoadedPlugin>>,
+    request_body_bytes: Option<u64>,
 }
 
 /// Serves one request. Never fails: every failure is already a response.
@@ -63,6 +67,10 @@ pub async fn handle(
     let client = client_ip(peer.ip(), request.headers(), &state.trusted_proxies);
     let origin = request.headers().get(http::header::ORIGIN).cloned();
     let span = tracing::info_span!("request", request_id = %request_id);
+    let _active = state
+        .metrics
+        .http_enabled()
+        .then(|| ActiveRequest::new(&state.metrics));
 
     let mut outcome = Outcome::default();
     let preflight = state
@@ -83,6 +91,9 @@ pub async fn handle(
     };
 
     set_host_headers(&mut response, &request_id);
+    if state.metrics.http_enabled() {
+        observe(&state.metrics, &method, &outcome, &response, started);
+    }
     log_access(
         &span,
         &method,
@@ -93,6 +104,42 @@ pub async fn handle(
         client,
     );
     response
+}
+
+/// Counts a request in `http_server_active_requests` while it is served.
+struct ActiveRequest(prometheus::IntGauge);
+
+impl ActiveRequest {
+    fn new(metrics: &Metrics) -> Self {
+        metrics.active_requests.inc();
+        Self(metrics.active_requests.clone())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Records a served request in the HTTP metrics.
+fn observe(
+    metrics: &Metrics,
+    method: &Method,
+    outcome: &Outcome,
+    response: &Response<Body>,
+    started: Instant,
+) {
+    use hyper::body::Body as _;
+    metrics.observe_request(ObservedRequest {
+        method,
+        route: outcome.route.as_deref().unwrap_or(""),
+        status: response.status(),
+        plugin: outcome.plugin.as_ref().map_or("", |p| p.name.as_str()),
+        duration: started.elapsed(),
+        request_body_bytes: outcome.request_body_bytes,
+        response_body_bytes: response.body().size_hint().exact(),
+    });
 }
 
 /// Answers a request on a connection over `MAX_CONNECTIONS` (see `connections.rs`): 503,
@@ -135,15 +182,19 @@ fn log_access(
     started: Instant,
     client: std::net::IpAddr,
 ) {
-    let (plugin, plugin_version) = outcome.plugin.unzip();
+    let (plugin, plugin_version) = outcome
+        .plugin
+        .as_ref()
+        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .unzip();
     span.in_scope(|| {
         tracing::info!(
             target: "plinth::access",
             method = %method,
             path = %path,
             route = outcome.route.as_deref(),
-            plugin = plugin.as_deref(),
-            plugin_version = plugin_version.as_deref(),
+            plugin,
+            plugin_version,
             status = status.as_u16(),
             latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
             client_ip = %client,
@@ -186,6 +237,7 @@ async fn dispatch(
     outcome: &mut Outcome,
 ) -> Response<Body> {
     if let Some(response) = platform_endpoint(state, request.method(), request.uri().path()).await {
+        outcome.route = Some(Arc::from(request.uri().path()));
         return response.unwrap_or_else(error_response);
     }
 
@@ -203,6 +255,7 @@ async fn dispatch(
         error_response(ApiError::RateLimited)
     } else if request.uri().path().starts_with("/admin/") {
         // Reserved for the host (no manifest may claim it), limited like every route.
+        outcome.route = admin::route_template(request.uri().path()).map(Arc::from);
         admin::handle(
             state,
             request.method(),
@@ -235,7 +288,7 @@ async fn serve(
 ) -> Result<Response<Body>, ApiError> {
     let RouteMatch { target, params } = matched;
     outcome.route = Some(target.pattern.clone());
-    outcome.plugin = Some((target.plugin.name.clone(), target.plugin.version.clone()));
+    outcome.plugin = Some(target.plugin.clone());
 
     let (parts, body) = request.into_parts();
     let body = read_body(
@@ -245,6 +298,7 @@ async fn serve(
         state.body_read_timeout,
     )
     .await?;
+    outcome.request_body_bytes = Some(body.len() as u64);
 
     let principal = authn::authenticate(&state.capabilities, target.auth, &parts.headers).await?;
 

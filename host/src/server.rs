@@ -19,6 +19,7 @@ use crate::middleware::rate_limit::RateLimiter;
 use crate::pipeline;
 use crate::plugins::{self, Registry, runtime::PluginEngine};
 use crate::state::AppState;
+use crate::telemetry::metrics::Metrics;
 
 /// A built host: plugins loaded, socket bound, not yet serving.
 ///
@@ -27,6 +28,8 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    /// `METRICS_ADDR`: the Prometheus exposition, apart from the public port.
+    metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     shutdown_grace: Duration,
     connection_limits: ConnectionLimits,
@@ -55,7 +58,8 @@ impl Application {
             "operator policy"
         );
         let loading = std::time::Instant::now();
-        let engine = PluginEngine::new(config.plugin_cache_dir.as_deref())?;
+        let metrics = Arc::new(Metrics::new(config.metrics_addr.is_some())?);
+        let engine = PluginEngine::new(config.plugin_cache_dir.as_deref(), metrics.clone())?;
         let table = plugins::load_all(&engine, &capabilities, &config.plugins_dir).await?;
         let stats = engine.compile_stats();
         tracing::info!(
@@ -78,6 +82,17 @@ impl Application {
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .with_context(|| format!("cannot listen on BIND_ADDR {}", config.bind_addr))?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on METRICS_ADDR {addr}"))?;
+                let metrics_addr = listener.local_addr()?;
+                tracing::info!(%metrics_addr, "metrics on http://{metrics_addr}/metrics");
+                Some(listener)
+            }
+            None => None,
+        };
         let registry = Arc::new(Registry::new(
             table,
             engine,
@@ -104,9 +119,11 @@ impl Application {
             accounts_data_set: config.accounts_data_set.clone(),
             body_read_timeout: config.connections.body_read_timeout,
             readiness: Default::default(),
+            metrics,
         });
         Ok(Self {
             listener,
+            metrics_listener,
             state,
             shutdown_grace: config.shutdown_grace,
             connection_limits: config.connections,
@@ -132,6 +149,12 @@ impl Application {
             .header_read_timeout(limits.header_read_timeout);
         builder.http2().timer(TokioTimer::new());
         tokio::pin!(shutdown);
+        let metrics_server = self.metrics_listener.map(|listener| {
+            tokio::spawn(crate::telemetry::metrics::serve(
+                listener,
+                self.state.metrics.clone(),
+            ))
+        });
 
         loop {
             let (stream, peer) = tokio::select! {
@@ -193,6 +216,9 @@ impl Application {
         }
 
         drop(self.listener);
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.abort();
+        }
         tracing::info!(in_flight_connections = graceful.count(), "shutting down");
         match tokio::time::timeout(self.shutdown_grace, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections closed"),

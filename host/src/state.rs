@@ -8,6 +8,7 @@ use crate::middleware::cors::CorsPolicy;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::plugins::Registry;
 use crate::readiness::ReadinessCache;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug)]
 pub struct AppState {
@@ -22,4 +23,5 @@ pub struct AppState {
     pub readiness: ReadinessCache,
     /// The data set whose `users` table decides who is a superuser (`ACCOUNTS_DATA_SET`).
     pub accounts_data_set: String,
+    pub metrics: Arc<Metrics>,
 }

@@ -24,6 +24,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 pub mod json;
+pub mod metrics;
 pub mod writer;
 
 use json::{JsonLines, JsonSpanFields};

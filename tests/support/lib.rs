@@ -403,6 +403,33 @@ impl TestHost {
         }
     }
 
+    /// The metrics listener's address (the host must run with `METRICS_ADDR`).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        let line = self.wait_for_log(|l| l["metrics_addr"].is_string());
+        line["metrics_addr"]
+            .as_str()
+            .and_then(|addr| addr.parse().ok())
+            .expect("metrics_addr is an address")
+    }
+
+    /// One scrape of the metrics listener: content type and body.
+    pub async fn scrape(&self) -> (String, String) {
+        let response = self
+            .client
+            .get(format!("http://{}/metrics", self.metrics_addr()))
+            .send()
+            .await
+            .expect("scraping /metrics");
+        assert_eq!(response.status(), 200);
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (content_type, response.text().await.expect("metrics body"))
+    }
+
     pub fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).expect("pid fits i32")
     }

@@ -130,6 +130,12 @@ impl LoadedPlugin {
             .await
             .with_context(|| format!("{}: capabilities", manifest_path.display()))?;
 
+        let counters = runtime::PluginCounters::new(
+            engine.metrics(),
+            &manifest.name,
+            &manifest.version,
+            &content_hash,
+        );
         let plugin = Self {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
@@ -140,7 +146,7 @@ impl LoadedPlugin {
             loaded_at: SystemTime::now(),
             compiled: component,
             component: ReadyComponent {
-                counters: runtime::PluginCounters::default(),
+                counters,
                 admission: runtime::Admission::new(&manifest.limits),
                 engine: engine.engine().clone(),
                 slots: engine.slots(),

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use prometheus::{Histogram, IntCounter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
 use wasmtime::{
@@ -39,6 +40,7 @@ use crate::bounded::{BoundedSemaphore, Refusal};
 use crate::capabilities::{CapabilityView, InstanceCapabilities, PluginCapabilities};
 use crate::plugins::guest_output::{GuestOutput, GuestStream};
 use crate::plugins::manifest::Limits;
+use crate::telemetry::metrics::Metrics;
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields. A busy
 /// guest holds a worker thread at most this long before others get a turn. Measured on
@@ -86,6 +88,7 @@ pub struct PluginEngine {
     slots: Arc<Semaphore>,
     ticker: EpochTicker,
     heavy_lanes: HeavyLanes,
+    metrics: Arc<Metrics>,
 }
 
 /// How compilations were served so far: from the on-disk cache, or compiled afresh.
@@ -97,7 +100,7 @@ pub struct CompileStats {
 
 impl PluginEngine {
     /// `cache_dir`: where compiled code is kept across restarts (`None`: always compile).
-    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn new(cache_dir: Option<&Path>, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(MAX_LIVE_INSTANCES)
             .total_memories(MAX_LIVE_INSTANCES)
@@ -133,6 +136,7 @@ impl PluginEngine {
             slots: Arc::new(Semaphore::new(MAX_LIVE_INSTANCES as usize)),
             ticker,
             heavy_lanes: HeavyLanes::for_this_runtime(),
+            metrics,
         })
     }
 
@@ -150,6 +154,10 @@ impl PluginEngine {
 
     pub fn heavy_lanes(&self) -> HeavyLanes {
         self.heavy_lanes.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// `None` when the on-disk cache is off.
@@ -389,39 +397,103 @@ pub enum PluginFailure {
     Overloaded(String),
 }
 
-/// What happened to a plugin's requests since it was loaded (shown by the admin API).
-#[derive(Debug, Default)]
+/// What happened to a plugin version's requests on this host: the series of the
+/// `plinth_plugin_*` metric families for its name and version, so the admin API and a
+/// scrape read the same counters.
+#[derive(Debug)]
 pub struct PluginCounters {
-    pub requests: AtomicU64,
-    pub traps: AtomicU64,
-    pub timeouts: AtomicU64,
-    pub invalid_responses: AtomicU64,
-    /// Requests refused at capacity (the plugin's queue, or the host's instance slots).
-    pub rejections: AtomicU64,
+    ok: IntCounter,
+    traps: IntCounter,
+    timeouts: IntCounter,
+    invalid_responses: IntCounter,
+    /// Requests refused at capacity (the plugin's queue, the heavy lanes, the host's
+    /// instance slots).
+    rejections: IntCounter,
     /// Calls whose memory grew past [`HEAVY_MEMORY_BYTES`] (see [`HeavyLanes`]).
-    pub heavy_calls: AtomicU64,
+    heavy_calls: IntCounter,
+    instantiation: Histogram,
+    /// Held in `plinth_plugin_info` while this version is loaded.
+    _info: PluginInfo,
 }
 
 impl PluginCounters {
-    fn count(&self, failure: &PluginFailure) {
-        let counter = match failure {
-            PluginFailure::Timeout(_) => &self.timeouts,
-            PluginFailure::Trap(_) => &self.traps,
-            PluginFailure::InvalidResponse(_) => &self.invalid_responses,
-            PluginFailure::Overloaded(_) => &self.rejections,
+    pub fn new(metrics: &Arc<Metrics>, plugin: &str, version: &str, hash: &str) -> Self {
+        let outcome = |outcome| {
+            metrics
+                .plugin_invocations
+                .with_label_values(&[plugin, version, outcome])
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        Self {
+            ok: outcome("ok"),
+            traps: outcome("trap"),
+            timeouts: outcome("timeout"),
+            invalid_responses: outcome("invalid_response"),
+            rejections: outcome("rejected"),
+            heavy_calls: metrics
+                .plugin_heavy_calls
+                .with_label_values(&[plugin, version]),
+            instantiation: metrics
+                .plugin_instantiation
+                .with_label_values(&[plugin, version]),
+            _info: PluginInfo::hold(
+                metrics.clone(),
+                [plugin.to_owned(), version.to_owned(), hash.to_owned()],
+            ),
+        }
+    }
+
+    fn count(&self, result: &Result<Response, PluginFailure>) {
+        let counter = match result {
+            Ok(_) => &self.ok,
+            Err(PluginFailure::Timeout(_)) => &self.timeouts,
+            Err(PluginFailure::Trap(_)) => &self.traps,
+            Err(PluginFailure::InvalidResponse(_)) => &self.invalid_responses,
+            Err(PluginFailure::Overloaded(_)) => &self.rejections,
+        };
+        counter.inc();
     }
 
     pub fn snapshot(&self) -> serde_json::Value {
+        let failures = [
+            &self.traps,
+            &self.timeouts,
+            &self.invalid_responses,
+            &self.rejections,
+        ];
         serde_json::json!({
-            "requests": self.requests.load(Ordering::Relaxed),
-            "traps": self.traps.load(Ordering::Relaxed),
-            "timeouts": self.timeouts.load(Ordering::Relaxed),
-            "invalid_responses": self.invalid_responses.load(Ordering::Relaxed),
-            "rejections": self.rejections.load(Ordering::Relaxed),
-            "heavy_calls": self.heavy_calls.load(Ordering::Relaxed),
+            "requests": self.ok.get() + failures.iter().map(|c| c.get()).sum::<u64>(),
+            "traps": self.traps.get(),
+            "timeouts": self.timeouts.get(),
+            "invalid_responses": self.invalid_responses.get(),
+            "rejections": self.rejections.get(),
+            "heavy_calls": self.heavy_calls.get(),
         })
+    }
+}
+
+/// A loaded version's series in `plinth_plugin_info`: 1 while loaded (2 for a moment while
+/// a reload of identical content swaps), removed when the last copy is dropped.
+#[derive(Debug)]
+struct PluginInfo {
+    metrics: Arc<Metrics>,
+    /// `plugin`, `version`, `hash`.
+    labels: [String; 3],
+}
+
+impl PluginInfo {
+    fn hold(metrics: Arc<Metrics>, labels: [String; 3]) -> Self {
+        metrics.plugin_info.with_label_values(&labels).inc();
+        Self { metrics, labels }
+    }
+}
+
+impl Drop for PluginInfo {
+    fn drop(&mut self) {
+        let held = self.metrics.plugin_info.with_label_values(&self.labels);
+        held.dec();
+        if held.get() <= 0 {
+            let _ = self.metrics.plugin_info.remove_label_values(&self.labels);
+        }
     }
 }
 
@@ -520,13 +592,11 @@ impl std::fmt::Debug for ReadyComponent {
 }
 
 impl ReadyComponent {
-    /// Runs `request` in a fresh instance: nothing survives from one request to the next.
+    /// Runs `request` in a fresh instance (or, for a plugin that opts into reuse, a parked
+    /// one) and counts its outcome.
     pub async fn call(&self, request: &Request) -> Result<Response, PluginFailure> {
-        self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let result = self.run(request).await;
-        if let Err(failure) = &result {
-            self.counters.count(failure);
-        }
+        self.counters.count(&result);
         result
     }
 
@@ -569,12 +639,18 @@ impl ReadyComponent {
         let run = async {
             let instance = match &mut instance {
                 Some(instance) => instance,
-                None => instance.insert(
-                    self.pre
+                None => {
+                    let started = Instant::now();
+                    let fresh = self
+                        .pre
                         .instantiate_async(&mut store)
                         .await
-                        .map_err(|err| self.classify(err, true))?,
-                ),
+                        .map_err(|err| self.classify(err, true))?;
+                    self.counters
+                        .instantiation
+                        .observe(started.elapsed().as_secs_f64());
+                    instance.insert(fresh)
+                }
             };
             instance
                 .plinth_plugin_handler()
@@ -657,7 +733,7 @@ impl ReadyComponent {
         if peak_memory < HEAVY_MEMORY_BYTES {
             return;
         }
-        self.counters.heavy_calls.fetch_add(1, Ordering::Relaxed);
+        self.counters.heavy_calls.inc();
         if self.heavy.set(&self.heavy_lanes) {
             tracing::warn!(
                 plugin = %self.plugin_name,

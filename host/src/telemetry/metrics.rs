@@ -1,0 +1,285 @@
+//! Prometheus metrics, named after the OpenTelemetry HTTP semantic conventions in their
+//! Prometheus form (`http.server.request.duration` → `http_server_request_duration_seconds`,
+//! labels `http_request_method`, `http_route`, `http_response_status_code`), plus Plinth's
+//! own `plinth_*` families, in the text exposition format (0.0.4) that every Prometheus
+//! scrapes and `promtool check metrics` lints.
+//!
+//! One [`Metrics`] per process. The HTTP families are recorded only when `METRICS_ADDR` is
+//! set (the exposition is then served on that separate listener, never on the public
+//! port); the per-plugin counters always are, because the admin API reads the very same
+//! counters: `GET /admin/plugins` and a scrape cannot disagree.
+//!
+//! Label values are bounded by what is deployed, never by what clients send: `http_route`
+//! is the matched route template (`/api/v1/users/{user_id}`), `""` for a path no route
+//! matched; methods outside the standard set are `_OTHER`, as the conventions say.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// The content type of the exposition ([`Metrics::encode`]).
+pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
+
+/// `http_request_method`: the standard methods by name, anything else `_OTHER`.
+pub fn method_label(method: &http::Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN
+        .iter()
+        .find(|known| **known == method.as_str())
+        .copied()
+        .unwrap_or("_OTHER")
+}
+
+/// Every metric family of the process, and the registry that exposes them.
+pub struct Metrics {
+    registry: Registry,
+    /// Whether requests are measured (`METRICS_ADDR` is set).
+    http_enabled: bool,
+    /// `http_request_method`, `http_route`, `http_response_status_code`, `plugin`.
+    request_duration: HistogramVec,
+    pub active_requests: IntGauge,
+    /// `http_request_method`, `http_route`.
+    request_body_size: HistogramVec,
+    response_body_size: HistogramVec,
+    /// `plugin`, `version`, `outcome`.
+    pub plugin_invocations: IntCounterVec,
+    /// `plugin`, `version`.
+    pub plugin_heavy_calls: IntCounterVec,
+    pub plugin_instantiation: HistogramVec,
+    /// `plugin`, `version`, `hash`.
+    pub plugin_info: IntGaugeVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("http_enabled", &self.http_enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    buckets: Vec<f64>,
+    labels: &[&str],
+) -> anyhow::Result<HistogramVec> {
+    let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> anyhow::Result<IntCounterVec> {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+fn gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> anyhow::Result<IntGaugeVec> {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(vec.clone()))?;
+    Ok(vec)
+}
+
+impl Metrics {
+    pub fn new(http_enabled: bool) -> anyhow::Result<Self> {
+        Self::build(http_enabled).context("registering the metric families")
+    }
+
+    fn build(http_enabled: bool) -> anyhow::Result<Self> {
+        let registry = Registry::new();
+        // 0.25 ms .. ~16 s, and 64 B .. 64 MiB.
+        let durations = prometheus::exponential_buckets(0.000_25, 2.0, 17)?;
+        let sizes = prometheus::exponential_buckets(64.0, 4.0, 11)?;
+        let method_route = ["http_request_method", "http_route"];
+        let plugin_version = ["plugin", "version"];
+
+        let active_requests = IntGauge::new(
+            "http_server_active_requests",
+            "Number of HTTP server requests being served.",
+        )?;
+        registry.register(Box::new(active_requests.clone()))?;
+        let build = gauge(
+            &registry,
+            "plinth_build_info",
+            "The running host's version (always 1).",
+            &["version"],
+        )?;
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        Ok(Self {
+            request_duration: histogram(
+                &registry,
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, from the request head read to the response \
+                 head.",
+                durations.clone(),
+                &[
+                    "http_request_method",
+                    "http_route",
+                    "http_response_status_code",
+                    "plugin",
+                ],
+            )?,
+            active_requests,
+            request_body_size: histogram(
+                &registry,
+                "http_server_request_body_size_bytes",
+                "Size of the HTTP request bodies read for plugin routes.",
+                sizes.clone(),
+                &method_route,
+            )?,
+            response_body_size: histogram(
+                &registry,
+                "http_server_response_body_size_bytes",
+                "Size of HTTP response bodies.",
+                sizes,
+                &method_route,
+            )?,
+            plugin_invocations: counter(
+                &registry,
+                "plinth_plugin_invocations_total",
+                "Plugin calls by outcome: ok, trap, timeout, invalid_response, rejected (at \
+                 capacity).",
+                &["plugin", "version", "outcome"],
+            )?,
+            plugin_heavy_calls: counter(
+                &registry,
+                "plinth_plugin_heavy_calls_total",
+                "Plugin calls whose memory grew past 16 MiB (they put the plugin on the heavy \
+                 lanes).",
+                &plugin_version,
+            )?,
+            plugin_instantiation: histogram(
+                &registry,
+                "plinth_plugin_instantiation_duration_seconds",
+                "Time to instantiate a plugin component for a request.",
+                durations,
+                &plugin_version,
+            )?,
+            plugin_info: gauge(
+                &registry,
+                "plinth_plugin_info",
+                "The plugin versions this host serves (1 each), by name, version and component \
+                 hash.",
+                &["plugin", "version", "hash"],
+            )?,
+            registry,
+            http_enabled,
+        })
+    }
+
+    /// Whether the HTTP families are recorded.
+    pub fn http_enabled(&self) -> bool {
+        self.http_enabled
+    }
+
+    /// Records one served request. `route`: the template, `""` when none matched;
+    /// `plugin`: `""` for the host's own endpoints.
+    pub fn observe_request(&self, request: ObservedRequest<'_>) {
+        if !self.http_enabled {
+            return;
+        }
+        let method = method_label(request.method);
+        if let Some(bytes) = request.request_body_bytes {
+            self.request_body_size
+                .with_label_values(&[method, request.route])
+                .observe(bytes as f64);
+        }
+        if let Some(bytes) = request.response_body_bytes {
+            self.response_body_size
+                .with_label_values(&[method, request.route])
+                .observe(bytes as f64);
+        }
+        self.request_duration
+            .with_label_values(&[
+                method,
+                request.route,
+                request.status.as_str(),
+                request.plugin,
+            ])
+            .observe(request.duration.as_secs_f64());
+    }
+
+    /// The exposition, in the text format.
+    pub fn encode(&self) -> anyhow::Result<String> {
+        let mut text = Vec::with_capacity(16 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut text)?;
+        Ok(String::from_utf8(text)?)
+    }
+}
+
+/// What [`Metrics::observe_request`] records of one request.
+#[derive(Debug)]
+pub struct ObservedRequest<'a> {
+    pub method: &'a http::Method,
+    pub route: &'a str,
+    pub status: http::StatusCode,
+    pub plugin: &'a str,
+    pub duration: Duration,
+    pub request_body_bytes: Option<u64>,
+    pub response_body_bytes: Option<u64>,
+}
+
+/// Serves `GET /metrics` on the metrics listener (HTTP/1.1) until the task is dropped.
+/// Anything else is 404; the listener carries nothing but the exposition.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // E.g. out of file descriptors: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        let service = hyper::service::service_fn(move |request: http::Request<_>| {
+            let metrics = metrics.clone();
+            async move {
+                let mut response = http::Response::new(Full::new(Bytes::new()));
+                if request.uri().path() != "/metrics" {
+                    *response.status_mut() = http::StatusCode::NOT_FOUND;
+                } else {
+                    match metrics.encode() {
+                        Ok(text) => {
+                            *response.body_mut() = Full::new(Bytes::from(text));
+                            response.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static(CONTENT_TYPE),
+                            );
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "encoding the metrics failed");
+                            *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                        }
+                    }
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
