@@ -140,6 +140,10 @@ sed -i 's/^\[limits\]/[limits]\nreuse_instance_for = 1000/' "$work/reuse-plugins
 start plinth-reuse env "${common_env[@]}" DATABASE_URL="sqlite://$work/reuse.db" \
   PLUGINS_DIR="$work/reuse-plugins" $target_dir/release/plinth
 reuse_addr=$started_addr
+# The plain SQLite host again, measuring every request for Prometheus (METRICS_ADDR).
+start plinth-metrics env "${common_env[@]}" DATABASE_URL="sqlite://$work/metrics.db" \
+  METRICS_ADDR=127.0.0.1:0 $target_dir/release/plinth
+metrics_host_addr=$started_addr
 
 sqlite_token=$(token_for "$plinth_addr")
 pg_token=$(token_for "$pg_addr")
@@ -164,6 +168,9 @@ wait "$flood" || true
 measure "host-only, middleware off" "http://$off_addr/nope"
 measure "host-only, CORS+rate limit(Redis)+log" "http://$on_addr/nope" -H "Origin: https://app.example.com"
 measure "plinth GET /hello/x (reused instances)" "http://$reuse_addr/hello/x"
+measure "plinth GET /hello/x, metrics on" "http://$metrics_host_addr/hello/x"
+metrics_token=$(token_for "$metrics_host_addr")
+measure "users/me SQLite, metrics on" "http://$metrics_host_addr/api/v1/users/me" -H "Authorization: Bearer $metrics_token"
 flood_rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$work/flood.out")
 
 echo
@@ -179,6 +186,8 @@ figure "plugin path / host-only" "$(ratio "$(rps_of 2)" "$(rps_of 1)")"
 figure "middleware on / off" "$(ratio "$(rps_of 8)" "$(rps_of 7)")"
 figure "plugin path, reused instances / host-only" "$(ratio "$(rps_of 9)" "$(rps_of 1)")"
 figure "plugin path, reused instances / bare hyper" "$(ratio "$(rps_of 9)" "$(rps_of 0)")"
+figure "hello, metrics on / off" "$(ratio "$(rps_of 10)" "$(rps_of 2)")"
+figure "users/me SQLite, metrics on / off" "$(ratio "$(rps_of 11)" "$(rps_of 3)")"
 figure "users/me p99 under login flood / quiet" "$(times "$(p99_of 6)" "$(p99_of 4)")"
 figure "login flood, logins/s" "${flood_rps:-0}"
 echo
@@ -187,6 +196,7 @@ echo "plugin path / bare hyper:    $(ratio "$(rps_of 2)" "$(rps_of 0)")   (targe
 echo "plugin path / host-only:     $(ratio "$(rps_of 2)" "$(rps_of 1)")   (target: >= 50%)"
 echo "reused instances / host-only: $(ratio "$(rps_of 9)" "$(rps_of 1)")   (target: >= 75%); / bare hyper: $(ratio "$(rps_of 9)" "$(rps_of 0)")   (target: >= 40%)"
 echo "users/me SQLite:             $(rps_of 3) req/s   (target: >= 20,000)"
+echo "metrics on / off:            /hello/x $(ratio "$(rps_of 10)" "$(rps_of 2)"), users/me SQLite $(ratio "$(rps_of 11)" "$(rps_of 3)")   (target: >= 97%)"
 echo "users/me PostgreSQL+Redis:   $(rps_of 4) req/s, p99 $(p99_of 4) ms   (target: >= 10,000, p99 < 10 ms)"
 echo "middleware on / off (host-only):  $(ratio "$(rps_of 8)" "$(rps_of 7)")   (target: >= 85%, i.e. overhead <= 15%)"
 echo "users/me p99 under login flood / quiet: $(times "$(p99_of 6)" "$(p99_of 4)")   (target: <= 3x; flood served ${flood_rps:-?} logins/s)"
