@@ -265,3 +265,62 @@ async fn the_deployed_prometheus_configuration_is_valid() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Rate-limit decisions, token verifications and plugin reloads are counted by result.
+#[tokio::test]
+async fn decisions_verifications_and_reloads_are_counted_by_result() {
+    let plugins = PluginsDir::with(&["auth", "users", "hello"]);
+    let host = TestHost::builder()
+        .with_root()
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("RATE_LIMIT_PER_MINUTE", "100")
+        .start(&plugins);
+    let root = host.root_tokens().await;
+    host.get_as("/api/v1/users/me", &root.access)
+        .await
+        .expect(200, None);
+    host.get_as("/api/v1/users/me", "not-a-token")
+        .await
+        .expect(401, None);
+    host.admin_reload("hello", &root.access)
+        .await
+        .expect(200, None);
+
+    let (_, exposition) = host.scrape().await;
+    let count = |name: &str, labels: &[(&str, &str)]| sample(&exposition, name, labels);
+    assert_eq!(
+        count(
+            "plinth_token_verifications_total",
+            &[("kind", "access"), ("result", "invalid")]
+        ),
+        Some(1.0),
+        "{exposition}"
+    );
+    // The root's two requests: `users/me` and the admin reload (login issues, not verifies).
+    assert_eq!(
+        count(
+            "plinth_token_verifications_total",
+            &[("kind", "access"), ("result", "valid")]
+        ),
+        Some(2.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        count(
+            "plinth_plugin_reloads_total",
+            &[("plugin", "hello"), ("result", "swapped")]
+        ),
+        Some(1.0),
+        "{exposition}"
+    );
+    // Every request so far was limited in the default class except the login (auth class,
+    // whose limit is off here): the two `users/me`, the reload, and the scrape is not a request.
+    assert_eq!(
+        count(
+            "plinth_rate_limit_decisions_total",
+            &[("class", "default"), ("result", "allowed")]
+        ),
+        Some(3.0),
+        "{exposition}"
+    );
+}

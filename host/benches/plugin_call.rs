@@ -63,9 +63,13 @@ fn plugin_call(c: &mut Criterion) {
             _ => None,
         })
         .expect("configuration");
-        let capabilities = Arc::new(Capabilities::connect(&config).await.expect("capabilities"));
         let metrics =
             Arc::new(plinth_host::telemetry::metrics::Metrics::new(false).expect("metrics"));
+        let capabilities = Arc::new(
+            Capabilities::connect(&config, &metrics)
+                .await
+                .expect("capabilities"),
+        );
         let engine = PluginEngine::new(None, metrics).expect("engine");
         LoadedPlugin::load(&engine, &capabilities, &dir, None)
             .await

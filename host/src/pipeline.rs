@@ -247,7 +247,23 @@ async fn dispatch(
     let class = resolved
         .as_ref()
         .map_or(RateLimitClass::Default, |m| m.target.rate_limit);
-    let decision = match state.rate_limiter.check(client, class).await {
+    let decision = state.rate_limiter.check(client, class).await;
+    if state.metrics.http_enabled() {
+        let result = match &decision {
+            Ok(None) => None,
+            Ok(Some(d)) if d.allowed => Some("allowed"),
+            Ok(Some(_)) => Some("refused"),
+            Err(_) => Some("unavailable"),
+        };
+        if let Some(result) = result {
+            state
+                .metrics
+                .rate_limit_decisions
+                .with_label_values(&[class.name(), result])
+                .inc();
+        }
+    }
+    let decision = match decision {
         Ok(decision) => decision,
         Err(unavailable) => return error_response(unavailable.into()),
     };

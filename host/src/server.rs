@@ -51,14 +51,14 @@ impl Application {
                  this process; other hosts sharing the database cannot connect as them"
             );
         }
-        let capabilities = Arc::new(Capabilities::connect(&config).await?);
+        let metrics = Arc::new(Metrics::new(config.metrics_addr.is_some())?);
+        let capabilities = Arc::new(Capabilities::connect(&config, &metrics).await?);
         tracing::info!(
             policy = capabilities.policy.source(),
             grants = %capabilities.policy.summary(),
             "operator policy"
         );
         let loading = std::time::Instant::now();
-        let metrics = Arc::new(Metrics::new(config.metrics_addr.is_some())?);
         let engine = PluginEngine::new(config.plugin_cache_dir.as_deref(), metrics.clone())?;
         let table = plugins::load_all(&engine, &capabilities, &config.plugins_dir).await?;
         let stats = engine.compile_stats();

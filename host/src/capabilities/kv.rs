@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
+use prometheus::IntCounterVec;
 use redis::aio::MultiplexedConnection;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -83,12 +84,13 @@ impl KvStore {
 
     /// The in-process store, or Redis at `url`. Redis must answer at start-up; after that a
     /// lost connection is replaced by the next command (see [`RedisStore`]).
-    pub async fn connect(url: Option<&str>) -> anyhow::Result<Self> {
+    /// `errors`: `plinth_redis_errors_total`, counted by reason.
+    pub async fn connect(url: Option<&str>, errors: IntCounterVec) -> anyhow::Result<Self> {
         let Some(url) = url else {
             return Ok(Self::in_process());
         };
         let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
-        Ok(Self::Redis(RedisStore::open(client).await?))
+        Ok(Self::Redis(RedisStore::open(client, errors).await?))
     }
 
     pub fn is_redis(&self) -> bool {
@@ -288,16 +290,18 @@ struct RedisShared {
     /// Held while a connection is opened: callers arriving meanwhile wait for that one
     /// rather than each opening their own.
     opening: tokio::sync::Mutex<()>,
+    errors: IntCounterVec,
 }
 
 impl RedisStore {
     /// Connects once (one retry) at start-up: a host configured for Redis does not start
     /// without it.
-    async fn open(client: redis::Client) -> anyhow::Result<Self> {
+    async fn open(client: redis::Client, errors: IntCounterVec) -> anyhow::Result<Self> {
         let store = Self(Arc::new(RedisShared {
             client,
             current: ArcSwapOption::empty(),
             opening: tokio::sync::Mutex::new(()),
+            errors,
         }));
         if store.ping_once().await.is_err() {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -333,6 +337,10 @@ impl RedisStore {
         Ok(connection)
     }
 
+    fn count_error(&self, reason: &str) {
+        self.0.errors.with_label_values(&[reason]).inc();
+    }
+
     /// Stops sending commands on `connection`, unless another caller already replaced it.
     fn retire(&self, connection: &Arc<MultiplexedConnection>) {
         self.0
@@ -353,8 +361,12 @@ impl RedisStore {
         let deadline = tokio::time::Instant::now() + REDIS_TIMEOUT;
         let connection = match tokio::time::timeout_at(deadline, self.connection()).await {
             Ok(Ok(connection)) => connection,
-            Ok(Err(err)) => return Err(KvError::Unavailable(err.to_string())),
+            Ok(Err(err)) => {
+                self.count_error("connect");
+                return Err(KvError::Unavailable(err.to_string()));
+            }
             Err(_) => {
+                self.count_error("connect");
                 return Err(KvError::Unavailable(
                     "Redis did not accept a connection in time".into(),
                 ));
@@ -373,10 +385,12 @@ impl RedisStore {
                 Err(KvError::Invalid(err.to_string()))
             }
             Ok(Err(err)) => {
+                self.count_error("connection");
                 self.retire(&connection);
                 Err(KvError::Unavailable(err.to_string()))
             }
             Err(_) => {
+                self.count_error("timeout");
                 self.retire(&connection);
                 Err(KvError::Unavailable("Redis did not answer in time".into()))
             }
@@ -776,7 +790,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_store_semantics() -> anyhow::Result<()> {
-        let kv = KvStore::connect(None).await?;
+        let kv = KvStore::in_process();
         assert_eq!(kv.get("a").await?, None);
         assert!(kv.set_if_absent("a", b"1", None).await?);
         assert!(!kv.set_if_absent("a", b"2", None).await?);
@@ -799,7 +813,7 @@ mod tests {
 
     #[tokio::test]
     async fn compare_and_swap_changes_only_the_expected_value() -> anyhow::Result<()> {
-        let kv = KvStore::connect(None).await?;
+        let kv = KvStore::in_process();
         assert!(
             !kv.compare_and_swap("k", Some(b"a"), Some(b"b"), None)
                 .await?

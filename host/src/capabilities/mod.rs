@@ -40,6 +40,7 @@ use wasmtime::component::Linker;
 pub use grants::{Grants, TokenOperation};
 
 use crate::config::Config;
+use crate::telemetry::metrics::Metrics;
 
 /// The host services behind the capability interfaces, shared by every instance.
 #[derive(Debug)]
@@ -54,14 +55,23 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    pub async fn connect(config: &Config) -> anyhow::Result<Self> {
+    pub async fn connect(config: &Config, metrics: &Metrics) -> anyhow::Result<Self> {
         let policy = policy::Policy::load(
             config.plugins_policy.as_deref(),
             config.app_env == crate::config::AppEnv::Production,
         )?;
         let sql = sql::SqlService::connect(&config.sql).await?;
-        let kv = kv::KvStore::connect(config.redis_url.as_ref().map(|url| url.0.as_str())).await?;
-        let tokens = tokens::TokenService::new(&config.tokens, kv.clone(), &config.key_prefix);
+        let kv = kv::KvStore::connect(
+            config.redis_url.as_ref().map(|url| url.0.as_str()),
+            metrics.redis_errors.clone(),
+        )
+        .await?;
+        let tokens = tokens::TokenService::new(
+            &config.tokens,
+            kv.clone(),
+            &config.key_prefix,
+            metrics.token_verifications.clone(),
+        );
         // Leave a core for serving requests: a login flood must not stall everything else.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let passwords =

@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use prometheus::IntCounterVec;
 use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeSet;
@@ -124,6 +125,8 @@ pub struct TokenService {
     refresh_max_lifetime: Duration,
     kv: KvStore,
     key_prefix: String,
+    /// `plinth_token_verifications_total`, by kind and result.
+    verifications: IntCounterVec,
 }
 
 impl std::fmt::Debug for TokenService {
@@ -150,7 +153,12 @@ fn now_secs() -> u64 {
 }
 
 impl TokenService {
-    pub fn new(config: &TokenConfig, kv: KvStore, key_prefix: &str) -> Self {
+    pub fn new(
+        config: &TokenConfig,
+        kv: KvStore,
+        key_prefix: &str,
+        verifications: IntCounterVec,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = 0;
@@ -167,6 +175,7 @@ impl TokenService {
             refresh_max_lifetime: config.refresh_max_lifetime,
             kv,
             key_prefix: key_prefix.to_owned(),
+            verifications,
         }
     }
 
@@ -243,6 +252,22 @@ impl TokenService {
 
     /// Signature, algorithm, issuer, audience, time claims, type, then revocation.
     pub async fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, TokenError> {
+        let verified = self.check(token, kind).await;
+        let result = match &verified {
+            Ok(_) => "valid",
+            Err(TokenError::Invalid) => "invalid",
+            Err(TokenError::Expired) => "expired",
+            Err(TokenError::WrongKind) => "wrong_kind",
+            Err(TokenError::Revoked) => "revoked",
+            Err(TokenError::Unavailable) => "unavailable",
+        };
+        self.verifications
+            .with_label_values(&[kind_name(kind), result])
+            .inc();
+        verified
+    }
+
+    async fn check(&self, token: &str, kind: TokenKind) -> Result<Claims, TokenError> {
         let data = jsonwebtoken::decode::<JwtClaims>(token, &self.decoding, &self.validation)
             .map_err(|err| match err.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -425,6 +450,7 @@ impl wit::Host for TokensInstance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::metrics::Metrics;
 
     async fn service() -> anyhow::Result<TokenService> {
         let config = TokenConfig {
@@ -436,8 +462,9 @@ mod tests {
         };
         Ok(TokenService::new(
             &config,
-            KvStore::connect(None).await?,
+            KvStore::in_process(),
             "t",
+            Metrics::new(false)?.token_verifications,
         ))
     }
 
@@ -475,8 +502,9 @@ mod tests {
                 refresh_ttl: Duration::from_secs(60),
                 refresh_max_lifetime: Duration::from_secs(3600),
             },
-            KvStore::connect(None).await?,
+            KvStore::in_process(),
             "t",
+            Metrics::new(false)?.token_verifications,
         );
         let foreign = other.issue("7", TokenKind::Access).await?;
         assert_eq!(

@@ -146,10 +146,7 @@ impl RateLimiter {
             .as_secs();
         let window = now / WINDOW.as_secs();
         let reset_secs = (window + 1) * WINDOW.as_secs() - now;
-        let class_name = match class {
-            RateLimitClass::Default => "default",
-            RateLimitClass::Auth => "auth",
-        };
+        let class_name = class.name();
         let key = format!(
             "{}:rl:{class_name}:{}:{window}",
             self.key_prefix,

@@ -62,6 +62,16 @@ pub enum RateLimitClass {
     Auth,
 }
 
+impl RateLimitClass {
+    /// As written in manifests (and in rate-limit keys and metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Auth => "auth",
+        }
+    }
+}
+
 /// What the host checks before the plugin runs.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

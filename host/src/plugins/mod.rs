@@ -430,6 +430,11 @@ impl Registry {
             Ok((plugin, table)) => {
                 self.table.store(Arc::new(table));
                 self.record(&plugin.name, None);
+                self.engine
+                    .metrics()
+                    .plugin_reloads
+                    .with_label_values(&[plugin.name.as_str(), "swapped"])
+                    .inc();
                 tracing::info!(
                     plugin = %plugin.name,
                     version = %plugin.version,
@@ -445,6 +450,11 @@ impl Registry {
                 // files live is the operator's business (the log line above has it).
                 let shown = reason.replace(&format!("{}/", self.plugins_dir.display()), "");
                 self.record(name, Some(shown.clone()));
+                self.engine
+                    .metrics()
+                    .plugin_reloads
+                    .with_label_values(&[name, "refused"])
+                    .inc();
                 Err(shown)
             }
         }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::ResourceTable;
 use wasmtime::{
@@ -412,6 +412,7 @@ pub struct PluginCounters {
     /// Calls whose memory grew past [`HEAVY_MEMORY_BYTES`] (see [`HeavyLanes`]).
     heavy_calls: IntCounter,
     instantiation: Histogram,
+    in_use: IntGauge,
     /// Held in `plinth_plugin_info` while this version is loaded.
     _info: PluginInfo,
 }
@@ -434,6 +435,9 @@ impl PluginCounters {
                 .with_label_values(&[plugin, version]),
             instantiation: metrics
                 .plugin_instantiation
+                .with_label_values(&[plugin, version]),
+            in_use: metrics
+                .plugin_instances_in_use
                 .with_label_values(&[plugin, version]),
             _info: PluginInfo::hold(
                 metrics.clone(),
@@ -468,6 +472,22 @@ impl PluginCounters {
             "rejections": self.rejections.get(),
             "heavy_calls": self.heavy_calls.get(),
         })
+    }
+}
+
+/// Counts one instance in `plinth_plugin_instances_in_use` while it serves.
+struct InUse<'a>(&'a IntGauge);
+
+impl<'a> InUse<'a> {
+    fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -618,6 +638,7 @@ impl ReadyComponent {
         } else {
             None
         };
+        let _in_use = InUse::new(&self.counters.in_use);
         let request_id: Arc<str> = Arc::from(request.request_id.as_str());
         let (mut store, mut instance, served, slot) = match self.unpark(request_id.clone()) {
             Some(parked) => (

@@ -55,6 +55,16 @@ pub struct Metrics {
     pub plugin_instantiation: HistogramVec,
     /// `plugin`, `version`, `hash`.
     pub plugin_info: IntGaugeVec,
+    /// `plugin`, `version`.
+    pub plugin_instances_in_use: IntGaugeVec,
+    /// `plugin`, `result`: `swapped` or `refused`.
+    pub plugin_reloads: IntCounterVec,
+    /// `class`, `result`: `allowed`, `refused`, `unavailable`.
+    pub rate_limit_decisions: IntCounterVec,
+    /// `kind`, `result`.
+    pub token_verifications: IntCounterVec,
+    /// `reason`: `connect`, `timeout`, `connection`.
+    pub redis_errors: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -181,6 +191,40 @@ impl Metrics {
                 "The plugin versions this host serves (1 each), by name, version and component \
                  hash.",
                 &["plugin", "version", "hash"],
+            )?,
+            plugin_instances_in_use: gauge(
+                &registry,
+                "plinth_plugin_instances_in_use",
+                "Plugin instances serving a request now.",
+                &plugin_version,
+            )?,
+            plugin_reloads: counter(
+                &registry,
+                "plinth_plugin_reloads_total",
+                "Plugin changes after start-up (a directory change or an admin reload), by \
+                 result: swapped or refused.",
+                &["plugin", "result"],
+            )?,
+            rate_limit_decisions: counter(
+                &registry,
+                "plinth_rate_limit_decisions_total",
+                "Rate-limit decisions by class (default, auth) and result (allowed, refused, \
+                 unavailable).",
+                &["class", "result"],
+            )?,
+            token_verifications: counter(
+                &registry,
+                "plinth_token_verifications_total",
+                "JWT verifications, by the host and by plugins, by kind (access, refresh) and \
+                 result (valid, invalid, expired, wrong_kind, revoked, unavailable).",
+                &["kind", "result"],
+            )?,
+            redis_errors: counter(
+                &registry,
+                "plinth_redis_errors_total",
+                "Redis commands that got no usable answer, by reason (connect, timeout, \
+                 connection); each retires the connection it was sent on.",
+                &["reason"],
             )?,
             registry,
             http_enabled,
