@@ -266,7 +266,8 @@ async fn the_deployed_prometheus_configuration_is_valid() {
     );
 }
 
-/// Rate-limit decisions, token verifications and plugin reloads are counted by result.
+/// Rate-limit decisions, token verifications and plugin reloads are counted by result;
+/// plugins' host calls are timed by interface and function.
 #[tokio::test]
 async fn decisions_verifications_and_reloads_are_counted_by_result() {
     let plugins = PluginsDir::with(&["auth", "users", "hello"]);
@@ -313,6 +314,17 @@ async fn decisions_verifications_and_reloads_are_counted_by_result() {
         Some(1.0),
         "{exposition}"
     );
+    // `users/me` read the user through the `sql` capability: its host calls are timed.
+    let sql_calls: f64 = ["query", "query-read"]
+        .iter()
+        .filter_map(|function| {
+            count(
+                "plinth_host_call_duration_seconds_count",
+                &[("interface", "sql"), ("function", function)],
+            )
+        })
+        .sum();
+    assert!(sql_calls >= 1.0, "{exposition}");
     // Every request so far was limited in the default class except the login (auth class,
     // whose limit is off here): the two `users/me`, the reload, and the scrape is not a request.
     assert_eq!(

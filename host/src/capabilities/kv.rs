@@ -17,6 +17,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{CapabilityView, Descriptor};
 use crate::bindings::plinth::plugin::kv::{self as wit, Error};
+use crate::telemetry::metrics::HostCalls;
 
 pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
     Descriptor {
@@ -659,11 +660,12 @@ impl PluginKv {
 #[derive(Debug)]
 pub struct KvInstance {
     kv: Option<PluginKv>,
+    calls: HostCalls,
 }
 
 impl KvInstance {
-    pub fn new(kv: Option<PluginKv>) -> Self {
-        Self { kv }
+    pub fn new(kv: Option<PluginKv>, calls: HostCalls) -> Self {
+        Self { kv, calls }
     }
 
     fn kv(&self) -> wasmtime::Result<&PluginKv> {
@@ -685,6 +687,7 @@ fn ttl(ttl_ms: Option<u64>) -> Result<Option<Duration>, Error> {
 
 impl wit::Host for KvInstance {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        let _timed = self.calls.time("kv", "get");
         let kv = self.kv()?;
         Ok(match kv.key(&key) {
             Ok(key) => kv.store.get(&key).await.map_err(Error::from),
@@ -698,6 +701,7 @@ impl wit::Host for KvInstance {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<(), Error>> {
+        let _timed = self.calls.time("kv", "set");
         let kv = self.kv()?;
         let (key, ttl) = match check_value(&value).and_then(|()| Ok((kv.key(&key)?, ttl(ttl_ms)?)))
         {
@@ -713,6 +717,7 @@ impl wit::Host for KvInstance {
         value: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, Error>> {
+        let _timed = self.calls.time("kv", "set-if-absent");
         let kv = self.kv()?;
         let (key, ttl) = match check_value(&value).and_then(|()| Ok((kv.key(&key)?, ttl(ttl_ms)?)))
         {
@@ -727,6 +732,7 @@ impl wit::Host for KvInstance {
     }
 
     async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, Error>> {
+        let _timed = self.calls.time("kv", "delete");
         let kv = self.kv()?;
         Ok(match kv.key(&key) {
             Ok(key) => kv.store.delete(&key).await.map_err(Error::from),
@@ -740,6 +746,7 @@ impl wit::Host for KvInstance {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<i64, Error>> {
+        let _timed = self.calls.time("kv", "increment");
         let kv = self.kv()?;
         let (key, ttl) = match kv.key(&key).and_then(|key| Ok((key, ttl(ttl_ms)?))) {
             Ok(checked) => checked,
@@ -759,6 +766,7 @@ impl wit::Host for KvInstance {
         new: Option<Vec<u8>>,
         ttl_ms: Option<u64>,
     ) -> wasmtime::Result<Result<bool, Error>> {
+        let _timed = self.calls.time("kv", "compare-and-swap");
         let kv = self.kv()?;
         Ok(Self::checked_compare_and_swap(kv, &key, expected, new, ttl_ms).await)
     }

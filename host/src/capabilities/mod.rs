@@ -40,7 +40,7 @@ use wasmtime::component::Linker;
 pub use grants::{Grants, TokenOperation};
 
 use crate::config::Config;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{HostCalls, Metrics};
 
 /// The host services behind the capability interfaces, shared by every instance.
 #[derive(Debug)]
@@ -52,6 +52,7 @@ pub struct Capabilities {
     pub policy: policy::Policy,
     /// Prefix of every key the host writes to the key-value store.
     pub key_prefix: String,
+    host_calls: HostCalls,
 }
 
 impl Capabilities {
@@ -83,6 +84,7 @@ impl Capabilities {
             passwords: Arc::new(passwords),
             policy,
             key_prefix: config.key_prefix.clone(),
+            host_calls: metrics.host_calls(),
         })
     }
 
@@ -123,6 +125,7 @@ impl Capabilities {
             tokens: (!grants.tokens.is_empty())
                 .then(|| tokens::PluginTokens::new(self.tokens.clone(), grants.tokens.clone())),
             passwords: grants.passwords.then(|| self.passwords.clone()),
+            host_calls: self.host_calls.clone(),
         })
     }
 }
@@ -135,6 +138,7 @@ pub struct PluginCapabilities {
     kv: Option<kv::PluginKv>,
     tokens: Option<tokens::PluginTokens>,
     passwords: Option<Arc<passwords::PasswordService>>,
+    host_calls: HostCalls,
 }
 
 impl PluginCapabilities {
@@ -147,10 +151,13 @@ impl PluginCapabilities {
     pub fn instance(&self, request_id: Arc<str>) -> InstanceCapabilities {
         InstanceCapabilities {
             log: self.log.instance(request_id),
-            sql: sql::SqlInstance::new(self.sql.clone()),
-            kv: kv::KvInstance::new(self.kv.clone()),
-            tokens: tokens::TokensInstance::new(self.tokens.clone()),
-            passwords: passwords::PasswordsInstance::new(self.passwords.clone()),
+            sql: sql::SqlInstance::new(self.sql.clone(), self.host_calls.clone()),
+            kv: kv::KvInstance::new(self.kv.clone(), self.host_calls.clone()),
+            tokens: tokens::TokensInstance::new(self.tokens.clone(), self.host_calls.clone()),
+            passwords: passwords::PasswordsInstance::new(
+                self.passwords.clone(),
+                self.host_calls.clone(),
+            ),
         }
     }
 }

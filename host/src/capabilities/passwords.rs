@@ -16,6 +16,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::{CapabilityView, Descriptor};
 use crate::bindings::plinth::plugin::passwords::{self as wit, Error};
 use crate::bounded::BoundedSemaphore;
+use crate::telemetry::metrics::HostCalls;
 
 pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
     Descriptor {
@@ -142,11 +143,12 @@ fn check_parameters(hash: &str) -> Result<(), Error> {
 #[derive(Debug)]
 pub struct PasswordsInstance {
     service: Option<Arc<PasswordService>>,
+    calls: HostCalls,
 }
 
 impl PasswordsInstance {
-    pub fn new(service: Option<Arc<PasswordService>>) -> Self {
-        Self { service }
+    pub fn new(service: Option<Arc<PasswordService>>, calls: HostCalls) -> Self {
+        Self { service, calls }
     }
 
     fn service(&self) -> wasmtime::Result<&PasswordService> {
@@ -159,6 +161,7 @@ impl PasswordsInstance {
 
 impl wit::Host for PasswordsInstance {
     async fn hash(&mut self, password: String) -> wasmtime::Result<Result<String, Error>> {
+        let _timed = self.calls.time("passwords", "hash");
         Ok(self.service()?.hash(password).await)
     }
 
@@ -167,6 +170,7 @@ impl wit::Host for PasswordsInstance {
         password: String,
         hash: Option<String>,
     ) -> wasmtime::Result<Result<bool, Error>> {
+        let _timed = self.calls.time("passwords", "verify");
         Ok(self.service()?.verify(password, hash).await)
     }
 }

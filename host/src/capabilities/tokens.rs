@@ -27,6 +27,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::kv::{KvError, KvStore};
 use super::{CapabilityView, Descriptor, TokenOperation};
 use crate::bindings::plinth::plugin::tokens::{self as wit, Claims, Error, Issued, TokenKind};
+use crate::telemetry::metrics::HostCalls;
 
 pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
     Descriptor {
@@ -365,11 +366,12 @@ impl PluginTokens {
 #[derive(Debug)]
 pub struct TokensInstance {
     tokens: Option<PluginTokens>,
+    calls: HostCalls,
 }
 
 impl TokensInstance {
-    pub fn new(tokens: Option<PluginTokens>) -> Self {
-        Self { tokens }
+    pub fn new(tokens: Option<PluginTokens>, calls: HostCalls) -> Self {
+        Self { tokens, calls }
     }
 
     /// The service, if the plugin holds `operation`.
@@ -387,6 +389,7 @@ impl wit::Host for TokensInstance {
         subject: String,
         kind: TokenKind,
     ) -> wasmtime::Result<Result<Issued, Error>> {
+        let _timed = self.calls.time("tokens", "issue");
         let Some(service) = self.may(TokenOperation::Issue) else {
             return Ok(Err(Error::NotPermitted));
         };
@@ -398,6 +401,7 @@ impl wit::Host for TokensInstance {
         subject: String,
         chain_started_at: u64,
     ) -> wasmtime::Result<Result<Issued, Error>> {
+        let _timed = self.calls.time("tokens", "issue-refresh");
         let Some(service) = self.may(TokenOperation::Issue) else {
             return Ok(Err(Error::NotPermitted));
         };
@@ -412,6 +416,7 @@ impl wit::Host for TokensInstance {
         token: String,
         kind: TokenKind,
     ) -> wasmtime::Result<Result<Claims, Error>> {
+        let _timed = self.calls.time("tokens", "verify");
         let Some(service) = self.may(TokenOperation::Verify) else {
             return Ok(Err(Error::NotPermitted));
         };
@@ -423,6 +428,7 @@ impl wit::Host for TokensInstance {
         token_id: String,
         expires_at: u64,
     ) -> wasmtime::Result<Result<(), Error>> {
+        let _timed = self.calls.time("tokens", "revoke");
         let Some(service) = self.may(TokenOperation::Revoke) else {
             return Ok(Err(Error::NotPermitted));
         };
@@ -437,6 +443,7 @@ impl wit::Host for TokensInstance {
         subject: String,
         kind: TokenKind,
     ) -> wasmtime::Result<Result<(), Error>> {
+        let _timed = self.calls.time("tokens", "revoke-subject");
         let Some(service) = self.may(TokenOperation::Revoke) else {
             return Ok(Err(Error::NotPermitted));
         };

@@ -39,6 +39,7 @@ use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
 use super::{CapabilityView, Descriptor, Grants};
 use crate::bindings::plinth::plugin::sql::{self as wit, BackendKind, Error, Rows, Value};
+use crate::telemetry::metrics::HostCalls;
 
 pub use migrations::Migration;
 
@@ -570,14 +571,16 @@ pub struct SqlInstance {
     data_set: Option<Arc<DataSet>>,
     transactions: ResourceTable,
     open_transactions: usize,
+    calls: HostCalls,
 }
 
 impl SqlInstance {
-    pub fn new(data_set: Option<Arc<DataSet>>) -> Self {
+    pub fn new(data_set: Option<Arc<DataSet>>, calls: HostCalls) -> Self {
         Self {
             data_set,
             transactions: ResourceTable::new(),
             open_transactions: 0,
+            calls,
         }
     }
 
@@ -599,6 +602,7 @@ impl wit::Host for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Rows, Error>> {
+        let _timed = self.calls.time("sql", "query");
         Ok(self.data_set()?.query(&statement, params, false).await)
     }
 
@@ -607,6 +611,7 @@ impl wit::Host for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Rows, Error>> {
+        let _timed = self.calls.time("sql", "query-read");
         Ok(self.data_set()?.query(&statement, params, true).await)
     }
 
@@ -615,10 +620,12 @@ impl wit::Host for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<u64, Error>> {
+        let _timed = self.calls.time("sql", "execute");
         Ok(self.data_set()?.execute(&statement, params).await)
     }
 
     async fn begin(&mut self) -> wasmtime::Result<Result<Resource<Transaction>, Error>> {
+        let _timed = self.calls.time("sql", "begin");
         if self.open_transactions >= MAX_OPEN_TRANSACTIONS {
             return Ok(Err(Error::Invalid(
                 "a transaction is already open: commit or roll it back first".into(),
@@ -641,6 +648,7 @@ impl wit::HostTransaction for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Rows, Error>> {
+        let _timed = self.calls.time("sql", "transaction.query");
         let transaction = self.transactions.get_mut(&this)?;
         Ok(transaction.query(&statement, params).await)
     }
@@ -651,11 +659,13 @@ impl wit::HostTransaction for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<u64, Error>> {
+        let _timed = self.calls.time("sql", "transaction.execute");
         let transaction = self.transactions.get_mut(&this)?;
         Ok(transaction.execute(&statement, params).await)
     }
 
     async fn commit(&mut self, this: Resource<Transaction>) -> wasmtime::Result<Result<(), Error>> {
+        let _timed = self.calls.time("sql", "transaction.commit");
         let transaction = self.transactions.delete(this)?;
         self.open_transactions -= 1;
         Ok(transaction.commit().await)
@@ -665,6 +675,7 @@ impl wit::HostTransaction for SqlInstance {
         &mut self,
         this: Resource<Transaction>,
     ) -> wasmtime::Result<Result<(), Error>> {
+        let _timed = self.calls.time("sql", "transaction.rollback");
         let transaction = self.transactions.delete(this)?;
         self.open_transactions -= 1;
         Ok(transaction.rollback().await)
