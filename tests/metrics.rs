@@ -325,6 +325,19 @@ async fn decisions_verifications_and_reloads_are_counted_by_result() {
         })
         .sum();
     assert!(sql_calls >= 1.0, "{exposition}");
+    // Its data set's pool: connections opened, all idle again between requests.
+    let pool = |state: &str| {
+        count(
+            "plinth_db_pool_connections",
+            &[
+                ("data_set", "accounts"),
+                ("pool", "serving"),
+                ("state", state),
+            ],
+        )
+    };
+    assert!(pool("open").is_some_and(|open| open >= 1.0), "{exposition}");
+    assert_eq!(pool("idle"), pool("open"), "{exposition}");
     // Every request so far was limited in the default class except the login (auth class,
     // whose limit is off here): the two `users/me`, the reload, and the scrape is not a request.
     assert_eq!(

@@ -61,7 +61,11 @@ impl Capabilities {
             config.plugins_policy.as_deref(),
             config.app_env == crate::config::AppEnv::Production,
         )?;
-        let sql = sql::SqlService::connect(&config.sql).await?;
+        let sql = sql::SqlService::connect(
+            &config.sql,
+            Some(sql::pool::PoolStatsFamilies::new(metrics)),
+        )
+        .await?;
         let kv = kv::KvStore::connect(
             config.redis_url.as_ref().map(|url| url.0.as_str()),
             metrics.redis_errors.clone(),

@@ -67,6 +67,10 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     /// `interface`, `function`; recorded only when `METRICS_ADDR` is set.
     host_calls: HistogramVec,
+    /// `data_set`, `pool`, `state`: `open` or `idle`.
+    pub db_pool_connections: IntGaugeVec,
+    /// `data_set`, `pool`.
+    pub db_pool_waits: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -229,6 +233,19 @@ impl Metrics {
                 // 10 µs .. ~5 s: an in-process kv read is microseconds.
                 prometheus::exponential_buckets(0.000_01, 2.0, 20)?,
                 &["interface", "function"],
+            )?,
+            db_pool_connections: gauge(
+                &registry,
+                "plinth_db_pool_connections",
+                "Serving database connections per data set and pool (serving, transactions; \
+                 primary, read), by state: open (idle included) or idle.",
+                &["data_set", "pool", "state"],
+            )?,
+            db_pool_waits: counter(
+                &registry,
+                "plinth_db_pool_waits_total",
+                "Statements that found their pool's connections all in use and waited for one.",
+                &["data_set", "pool"],
             )?,
             redis_errors: counter(
                 &registry,

@@ -125,6 +125,8 @@ pub struct SqlService {
     pools: tokio::sync::Mutex<HashMap<(String, u128), Pools>>,
     /// Data sets whose namespace exists (provisioned by this process).
     provisioned: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    /// Where pools report their connections and waits (`None`: nowhere).
+    stats: Option<pool::PoolStatsFamilies>,
 }
 
 impl SqlService {
@@ -132,7 +134,10 @@ impl SqlService {
     /// closes the database to `PUBLIC`; a database that cannot be reached at start-up stops
     /// the host with that reason. Once running, an outage answers 503 and the pools
     /// reconnect by themselves.
-    pub async fn connect(config: &SqlConfig) -> anyhow::Result<Self> {
+    pub async fn connect(
+        config: &SqlConfig,
+        stats: Option<pool::PoolStatsFamilies>,
+    ) -> anyhow::Result<Self> {
         let backend =
             if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
                 Backend::Postgres(
@@ -157,6 +162,7 @@ impl SqlService {
             max_connections: config.max_connections,
             pools: tokio::sync::Mutex::default(),
             provisioned: tokio::sync::Mutex::default(),
+            stats,
         })
     }
 
@@ -223,12 +229,20 @@ impl SqlService {
         let pools = match &self.backend {
             Backend::Sqlite(sqlite) => Pools::Sqlite(
                 sqlite
-                    .open(data_set, statement_timeout, self.max_connections)
+                    .open(
+                        data_set,
+                        statement_timeout,
+                        self.max_connections,
+                        self.stats.as_ref(),
+                    )
                     .await?,
             ),
-            Backend::Postgres(pg) => {
-                Pools::Postgres(pg.open(data_set, statement_timeout, self.max_connections))
-            }
+            Backend::Postgres(pg) => Pools::Postgres(pg.open(
+                data_set,
+                statement_timeout,
+                self.max_connections,
+                self.stats.as_ref(),
+            )),
         };
         open.insert(key, pools.clone());
         Ok(pools)
@@ -961,13 +975,16 @@ mod tests {
     }
 
     async fn sqlite_service(dir: &std::path::Path) -> anyhow::Result<SqlService> {
-        SqlService::connect(&SqlConfig {
-            url: format!("sqlite://{}/t.db", dir.display()),
-            read_url: None,
-            max_connections: 2,
-            role_secret: b"test-secret".to_vec(),
-            ephemeral_role_secret: false,
-        })
+        SqlService::connect(
+            &SqlConfig {
+                url: format!("sqlite://{}/t.db", dir.display()),
+                read_url: None,
+                max_connections: 2,
+                role_secret: b"test-secret".to_vec(),
+                ephemeral_role_secret: false,
+            },
+            None,
+        )
         .await
     }
 

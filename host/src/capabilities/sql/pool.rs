@@ -18,9 +18,11 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::BoxFuture;
+use crate::telemetry::metrics::Metrics;
 
 /// How long a statement waits for a connection (queueing and connecting) before it is
 /// answered `unavailable`.
@@ -73,6 +75,41 @@ impl<C> std::fmt::Debug for Pool<C> {
     }
 }
 
+/// A pool's series in `plinth_db_pool_connections` and `plinth_db_pool_waits_total`.
+#[derive(Debug, Clone)]
+pub struct PoolStats {
+    pub open: IntGauge,
+    pub idle: IntGauge,
+    pub waits: IntCounter,
+}
+
+/// The metric families pools report to.
+#[derive(Debug, Clone)]
+pub struct PoolStatsFamilies {
+    connections: IntGaugeVec,
+    waits: IntCounterVec,
+}
+
+impl PoolStatsFamilies {
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            connections: metrics.db_pool_connections.clone(),
+            waits: metrics.db_pool_waits.clone(),
+        }
+    }
+
+    /// The series of pool `pool` (`serving`, `transactions`, `primary`, `read`) of
+    /// `data_set`.
+    pub fn of(&self, data_set: &str, pool: &str) -> PoolStats {
+        let connections = |state| self.connections.with_label_values(&[data_set, pool, state]);
+        PoolStats {
+            open: connections("open"),
+            idle: connections("idle"),
+            waits: self.waits.with_label_values(&[data_set, pool]),
+        }
+    }
+}
+
 struct Shared<C> {
     /// Most recently returned last: handed out first, so the rest can age out.
     idle: Mutex<Vec<Idle<C>>>,
@@ -81,12 +118,19 @@ struct Shared<C> {
     max_connections: usize,
     connect: Connector<C>,
     recycle: Option<Recycle>,
+    stats: Option<PoolStats>,
 }
 
 impl<C> Shared<C> {
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle<C>>> {
         // Nothing panics while holding it; a poisoned list is still a valid list.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn count(&self, what: impl Fn(&PoolStats)) {
+        if let Some(stats) = &self.stats {
+            what(stats);
+        }
     }
 
     fn expired(&self, opened: Instant, idle_since: Instant) -> bool {
@@ -103,7 +147,12 @@ struct Idle<C> {
 }
 
 impl<C: sqlx::Connection> Pool<C> {
-    pub fn new(max_connections: u32, recycle: Option<Recycle>, connect: Connector<C>) -> Self {
+    pub fn new(
+        max_connections: u32,
+        recycle: Option<Recycle>,
+        connect: Connector<C>,
+        stats: Option<PoolStats>,
+    ) -> Self {
         let max_connections = max_connections.max(1) as usize;
         Self {
             shared: Arc::new(Shared {
@@ -112,6 +161,7 @@ impl<C: sqlx::Connection> Pool<C> {
                 max_connections,
                 connect,
                 recycle,
+                stats,
             }),
         }
     }
@@ -125,27 +175,36 @@ impl<C: sqlx::Connection> Pool<C> {
     }
 
     async fn acquire_unbounded(&self) -> Result<PooledConnection<C>, sqlx::Error> {
-        let permit = self
-            .shared
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let permit = match self.shared.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.shared.count(|stats| stats.waits.inc());
+                self.shared
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| sqlx::Error::PoolClosed)?
+            }
+        };
         loop {
             let Some(idle) = self.shared.idle().pop() else {
                 break;
             };
+            self.shared.count(|stats| stats.idle.dec());
             if self.shared.expired(idle.opened, idle.since) {
+                self.shared.count(|stats| stats.open.dec());
                 continue;
             }
             let mut conn = idle.conn;
             if idle.since.elapsed() > TRUST_IDLE_FOR && conn.ping().await.is_err() {
+                self.shared.count(|stats| stats.open.dec());
                 continue;
             }
             return Ok(self.lease(conn, idle.opened, permit));
         }
         let conn = (self.shared.connect)().await?;
+        self.shared.count(|stats| stats.open.inc());
         Ok(self.lease(conn, Instant::now(), permit))
     }
 
@@ -230,6 +289,7 @@ impl<C> Drop for PooledConnection<C> {
         let Some(conn) = self.conn.take() else { return };
         if !self.settled {
             // Dropping a sqlx connection closes its socket or ends its worker thread.
+            self.shared.count(|stats| stats.open.dec());
             return;
         }
         let mut idle = self.shared.idle();
@@ -238,6 +298,7 @@ impl<C> Drop for PooledConnection<C> {
             opened: self.opened,
             since: Instant::now(),
         });
+        self.shared.count(|stats| stats.idle.inc());
         // The least recently used connection ages out here rather than by a timer task.
         if idle
             .first()
@@ -246,6 +307,10 @@ impl<C> Drop for PooledConnection<C> {
             let oldest = idle.remove(0);
             drop(idle);
             drop(oldest);
+            self.shared.count(|stats| {
+                stats.idle.dec();
+                stats.open.dec();
+            });
         }
         // The permit is released after the connection is back (field order).
     }
@@ -257,6 +322,8 @@ mod tests {
 
     use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
     use sqlx::{Connection as _, Executor as _};
+
+    use crate::telemetry::metrics::Metrics;
 
     use super::*;
 
@@ -275,6 +342,7 @@ mod tests {
                         .await
                 })
             }),
+            None,
         );
         (pool, opened)
     }
@@ -361,6 +429,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_pool_reports_open_and_idle_connections_and_waits() -> anyhow::Result<()> {
+        let metrics = Metrics::new(false)?;
+        let stats = PoolStatsFamilies::new(&metrics).of("d", "serving");
+        let pool = Pool::new(
+            1,
+            None,
+            Arc::new(|| {
+                Box::pin(async {
+                    SqliteConnection::connect_with(&SqliteConnectOptions::new().in_memory(true))
+                        .await
+                })
+            }),
+            Some(stats.clone()),
+        );
+        let mut conn = pool.acquire().await?;
+        assert_eq!((stats.open.get(), stats.idle.get()), (1, 0));
+        select_one(&mut conn).await?;
+        let waiter = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.acquire().await.map(drop) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(stats.waits.get(), 1);
+        drop(conn);
+        waiter.await??;
+        // The waiter took the connection and dropped it unsettled: closed.
+        assert_eq!((stats.open.get(), stats.idle.get()), (0, 0));
+        select_one(&mut pool.acquire().await?).await?;
+        assert_eq!((stats.open.get(), stats.idle.get()), (1, 1));
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn expired_connections_are_replaced() -> anyhow::Result<()> {
         let opened = Arc::new(AtomicUsize::new(0));
         let counter = opened.clone();
@@ -378,6 +479,7 @@ mod tests {
                         .await
                 })
             }),
+            None,
         );
         select_one(&mut pool.acquire().await?).await?;
         select_one(&mut pool.acquire().await?).await?;

@@ -30,7 +30,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection};
 
 use super::migrations::{AppliedMigration, MIGRATIONS_TABLE, Migration};
-use super::pool::{Pool, Recycle};
+use super::pool::{Pool, PoolStatsFamilies, Recycle};
 
 /// Role name prefixes longer than this are replaced by a hash of the database name.
 const MAX_PREFIX_LEN: usize = 20;
@@ -245,6 +245,7 @@ impl PgBackend {
         data_set: &str,
         statement_timeout: Duration,
         max_connections: u32,
+        stats: Option<&PoolStatsFamilies>,
     ) -> PgPools {
         let Names {
             schema, serving, ..
@@ -255,7 +256,7 @@ impl PgBackend {
             ("statement_timeout", timeout_ms.clone()),
             ("idle_in_transaction_session_timeout", timeout_ms),
         ];
-        let pool = |options: PgConnectOptions| {
+        let pool = |options: PgConnectOptions, role: &str| {
             Pool::new(
                 max_connections,
                 Some(Recycle::DEFAULT),
@@ -263,11 +264,15 @@ impl PgBackend {
                     let options = options.clone();
                     Box::pin(async move { PgConnection::connect_with(&options).await })
                 }),
+                stats.map(|stats| stats.of(data_set, role)),
             )
         };
-        let primary = pool(self.role_options(&self.admin_options, &serving, &settings));
+        let primary = pool(
+            self.role_options(&self.admin_options, &serving, &settings),
+            "primary",
+        );
         let read = match &self.read_options {
-            Some(read) => pool(self.role_options(read, &serving, &settings)),
+            Some(read) => pool(self.role_options(read, &serving, &settings), "read"),
             None => primary.clone(),
         };
         PgPools { primary, read }

@@ -32,7 +32,7 @@ use sqlx::Executor as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 use super::migrations::{AppliedMigration, MIGRATIONS_TABLE, Migration};
-use super::pool::Pool;
+use super::pool::{Pool, PoolStatsFamilies};
 
 /// How often (in SQLite VM steps) a running statement checks its deadline.
 const PROGRESS_STEPS: i32 = 1_000;
@@ -114,9 +114,10 @@ impl SqliteBackend {
         data_set: &str,
         statement_timeout: Duration,
         max_connections: u32,
+        stats: Option<&PoolStatsFamilies>,
     ) -> anyhow::Result<SqlitePools> {
         let options = self.options(data_set);
-        let pool = |policy: &'static Policy, max: u32| {
+        let pool = |policy: &'static Policy, max: u32, role: &str| {
             let options = options.clone();
             // In-process connections gain nothing from recycling, and each carries a small
             // statement clock for its whole life (see `install_statement_clock`).
@@ -132,9 +133,10 @@ impl SqliteBackend {
                         Ok(conn)
                     })
                 }),
+                stats.map(|stats| stats.of(data_set, role)),
             )
         };
-        let serving = pool(&SERVING, max_connections);
+        let serving = pool(&SERVING, max_connections, "serving");
         // The file opens (or is created) now, not at the first request.
         serving
             .acquire()
@@ -142,7 +144,7 @@ impl SqliteBackend {
             .with_context(|| format!("cannot open {}", self.file_of(data_set).display()))?
             .release_unused();
         // SQLite has one writer at a time: a few transaction connections are plenty.
-        let transactions = pool(&TRANSACTIONS, max_connections.clamp(1, 4));
+        let transactions = pool(&TRANSACTIONS, max_connections.clamp(1, 4), "transactions");
         Ok(SqlitePools {
             serving,
             transactions,
