@@ -4,7 +4,9 @@
 //!   invalid responses, rejections, heavy calls) and whether it is on the heavy lanes;
 //! - `POST /admin/plugins/{name}/reload` — rebuild one plugin from its directory and swap
 //!   it in; 404 for an unknown plugin, 422 with the reason when the new build is refused
-//!   (the old version keeps serving).
+//!   (the old version keeps serving). A success is announced to the fleet (`fleet.rs`);
+//! - `GET /admin/fleet` — every host sharing the Redis: what it serves, its refusals, and
+//!   how long ago it reported.
 
 use http::{HeaderMap, Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -45,7 +47,10 @@ pub async fn handle(
             }
             require_superuser(&state.capabilities, &state.accounts_data_set, headers).await?;
             match registry.reload(name).await {
-                Ok(plugin) => Ok(json_response(StatusCode::OK, &describe(&plugin, None))),
+                Ok(plugin) => {
+                    state.fleet.announce_reload(&plugin.name).await;
+                    Ok(json_response(StatusCode::OK, &describe(&plugin, None)))
+                }
                 Err(ReloadError::Unknown(_)) => Err(ApiError::NotFound),
                 Err(ReloadError::Rejected(reason)) => {
                     Err(ApiError::Validation(vec![ValidationIssue {
@@ -55,6 +60,18 @@ pub async fn handle(
                     }]))
                 }
             }
+        }
+        ["admin", "fleet"] => {
+            if method != Method::GET && method != Method::HEAD {
+                return Err(allow(&["GET", "HEAD"]));
+            }
+            require_superuser(&state.capabilities, &state.accounts_data_set, headers).await?;
+            let view = state
+                .fleet
+                .view(registry)
+                .await
+                .map_err(|_| ApiError::Unavailable("the fleet's reports in Redis".into()))?;
+            Ok(json_response(StatusCode::OK, &view))
         }
         _ => Err(ApiError::NotFound),
     }
@@ -66,6 +83,7 @@ pub fn route_template(path: &str) -> Option<&'static str> {
     match segments.as_slice() {
         ["admin", "plugins"] => Some("/admin/plugins"),
         ["admin", "plugins", _, "reload"] => Some("/admin/plugins/{name}/reload"),
+        ["admin", "fleet"] => Some("/admin/fleet"),
         _ => None,
     }
 }

@@ -66,6 +66,8 @@ pub struct Config {
     /// Prefix of every key the host writes to the key-value store (several deployments,
     /// or test runs, can share one Redis).
     pub key_prefix: String,
+    /// This host's name in the fleet view (`HOST_ID`; default: hostname and process id).
+    pub host_id: String,
     pub tokens: TokenConfig,
     pub first_superuser: Option<FirstSuperuser>,
     /// `None`: no cross-origin access.
@@ -258,6 +260,7 @@ impl Config {
             accounts_data_set,
             redis_url: get("REDIS_URL").map(Redacted),
             key_prefix: get("REDIS_KEY_PREFIX").unwrap_or_else(|| "plinth".to_owned()),
+            host_id: get("HOST_ID").unwrap_or_else(default_host_id),
             tokens,
             first_superuser,
             cors,
@@ -299,6 +302,17 @@ where
 /// The plugins this repository builds: `target/plugins` next to the `target/<profile>/plinth`
 /// binary, so `target/release/plinth` finds them from any working directory. Falls back to
 /// `./target/plugins` when the binary lives elsewhere.
+/// The machine's hostname and this process's id: unique among hosts sharing a Redis.
+fn default_host_id() -> String {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    format!("{hostname}-{}", std::process::id())
+}
+
 fn default_plugins_dir() -> PathBuf {
     std::env::current_exe()
         .ok()

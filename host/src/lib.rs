@@ -40,6 +40,7 @@ pub mod capabilities;
 pub mod config;
 pub mod connections;
 pub mod error;
+pub mod fleet;
 pub mod middleware;
 pub mod pipeline;
 pub mod plugins;

@@ -6,7 +6,7 @@
 //!   → body limit (413) and deadline (408)
 //!   → route auth policy (bearer JWT → principal, 401) → plugin instance
 //!   → error mapping → rate-limit headers → CORS headers (a plugin's own are dropped)
-//!   → X-Request-Id, X-Content-Type-Options → access log line
+//!   → X-Request-Id, X-Content-Type-Options → metrics (with METRICS_ADDR) → access log line
 //! ```
 //!
 //! Why this order:

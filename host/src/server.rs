@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use crate::capabilities::{self, Capabilities};
 use crate::config::Config;
 use crate::connections::{Activity, Admission, ConnectionGate, ConnectionLimits, TrackedStream};
+use crate::fleet::Fleet;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::pipeline;
 use crate::plugins::{self, Registry, runtime::PluginEngine};
@@ -30,6 +31,8 @@ pub struct Application {
     listener: TcpListener,
     /// `METRICS_ADDR`: the Prometheus exposition, apart from the public port.
     metrics_listener: Option<TcpListener>,
+    /// Acts on other hosts' reloads and reports this host's versions (with Redis).
+    fleet_task: Option<tokio::task::JoinHandle<()>>,
     state: Arc<AppState>,
     shutdown_grace: Duration,
     connection_limits: ConnectionLimits,
@@ -99,6 +102,12 @@ impl Application {
             capabilities.clone(),
             config.plugins_dir.clone(),
         ));
+        let fleet = Arc::new(Fleet::new(
+            config.host_id.clone(),
+            capabilities.kv.clone(),
+            &config.key_prefix,
+        ));
+        let fleet_task = fleet.clone().spawn(registry.clone());
         let watcher = if config.watch_plugins {
             Some(plugins::watcher::watch(registry.clone())?)
         } else {
@@ -120,10 +129,12 @@ impl Application {
             body_read_timeout: config.connections.body_read_timeout,
             readiness: Default::default(),
             metrics,
+            fleet,
         });
         Ok(Self {
             listener,
             metrics_listener,
+            fleet_task,
             state,
             shutdown_grace: config.shutdown_grace,
             connection_limits: config.connections,
@@ -218,6 +229,9 @@ impl Application {
         drop(self.listener);
         if let Some(metrics_server) = metrics_server {
             metrics_server.abort();
+        }
+        if let Some(fleet_task) = self.fleet_task {
+            fleet_task.abort();
         }
         tracing::info!(in_flight_connections = graceful.count(), "shutting down");
         match tokio::time::timeout(self.shutdown_grace, graceful.shutdown()).await {

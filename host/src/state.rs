@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::capabilities::Capabilities;
+use crate::fleet::Fleet;
 use crate::middleware::cors::CorsPolicy;
 use crate::middleware::rate_limit::RateLimiter;
 use crate::plugins::Registry;
@@ -24,4 +25,5 @@ pub struct AppState {
     /// The data set whose `users` table decides who is a superuser (`ACCOUNTS_DATA_SET`).
     pub accounts_data_set: String,
     pub metrics: Arc<Metrics>,
+    pub fleet: Arc<Fleet>,
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arc_swap::ArcSwapOption;
+use futures_core::Stream as _;
 use prometheus::IntCounterVec;
 use redis::aio::MultiplexedConnection;
 use wasmtime::component::{HasSelf, Linker};
@@ -137,6 +138,83 @@ impl KvStore {
         }
     }
 
+    /// Sends `payload` to every host subscribed to `channel` (Redis `PUBLISH`). In
+    /// process there is no other host to tell: nothing is sent.
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), KvError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(remote) => {
+                remote
+                    .query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The messages published on `channel` from now on, from a connection of their own
+    /// that is reopened (after a second) whenever it fails; `None` in process. The
+    /// subscription ends when the receiver is dropped.
+    pub fn subscribe(&self, channel: String) -> Option<tokio::sync::mpsc::Receiver<Vec<u8>>> {
+        let Self::Redis(remote) = self else {
+            return None;
+        };
+        let client = remote.0.client.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while !sender.is_closed() {
+                if let Err(err) = forward_messages(&client, &channel, &sender).await {
+                    tracing::warn!(error = %err, %channel, "Redis subscription lost; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        Some(receiver)
+    }
+
+    /// Sets `field` of the hash at `key` and (re)sets the hash's expiry (Redis only; in
+    /// process, nothing is stored).
+    pub async fn hash_set(
+        &self,
+        key: &str,
+        field: &str,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), KvError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(remote) => {
+                let mut pipe = redis::pipe();
+                pipe.cmd("HSET").arg(key).arg(field).arg(value).ignore();
+                pipe.cmd("PEXPIRE").arg(key).arg(ttl_ms(ttl)).ignore();
+                remote
+                    .run(|mut conn| async move { pipe.query_async::<()>(&mut conn).await })
+                    .await
+            }
+        }
+    }
+
+    /// Every field of the hash at `key` (Redis only; in process, none).
+    pub async fn hash_get_all(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, KvError> {
+        match self {
+            Self::Memory(_) => Ok(Vec::new()),
+            Self::Redis(remote) => remote.query(redis::cmd("HGETALL").arg(key)).await,
+        }
+    }
+
+    /// Deletes `field` of the hash at `key` (Redis only).
+    pub async fn hash_delete(&self, key: &str, field: &str) -> Result<(), KvError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+            Self::Redis(remote) => {
+                remote
+                    .query::<i64>(redis::cmd("HDEL").arg(key).arg(field))
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
     pub async fn set_if_absent(
         &self,
         key: &str,
@@ -259,6 +337,33 @@ else
 end
 return 1
 ";
+
+/// Forwards the messages of one subscription until it fails or the receiver is gone.
+async fn forward_messages(
+    client: &redis::Client,
+    channel: &str,
+    sender: &tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> redis::RedisResult<()> {
+    let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| {
+            redis::RedisError::from((redis::ErrorKind::IoError, "connecting timed out"))
+        })??;
+    pubsub.subscribe(channel).await?;
+    let mut messages = pubsub.into_on_message();
+    while let Some(message) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut messages).poll_next(cx)).await
+    {
+        if sender
+            .send(message.get_payload_bytes().to_vec())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
 
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
