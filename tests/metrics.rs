@@ -173,7 +173,8 @@ async fn metrics_are_not_served_on_the_public_port() {
 }
 
 /// A real Prometheus (Debian's `prometheus` package) scrapes a running host every second
-/// and answers a query about the traffic it saw.
+/// and answers a query about the traffic it saw, and every query of the Grafana dashboard
+/// in deploy/ too.
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_host_and_answers_a_query() {
     let (_plugins, host) = metrics_host();
@@ -244,6 +245,37 @@ async fn a_real_prometheus_scrapes_the_host_and_answers_a_query() {
         "Prometheus saw the five requests"
     );
     assert_eq!(query(r#"up{job="plinth"}"#).await.as_deref(), Some("1"));
+
+    // Every query of the Grafana dashboard kept in deploy/ is one this Prometheus accepts.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/grafana/dashboards/plinth.json"),
+        )
+        .expect("reading the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|panel| panel["targets"].as_array().into_iter().flatten())
+        .filter_map(|target| target["expr"].as_str())
+        .map(|expr| expr.replace("$__rate_interval", "1m"))
+        .collect();
+    assert!(exprs.len() >= 8, "{dashboard}");
+    for expr in exprs {
+        let answer: serde_json::Value = client
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query(&[("query", expr.as_str())])
+            .send()
+            .await
+            .expect("querying Prometheus")
+            .json()
+            .await
+            .expect("a JSON answer");
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+    }
 }
 
 /// The Prometheus configuration docker-compose.yml mounts is one Prometheus accepts.
