@@ -381,3 +381,42 @@ async fn decisions_verifications_and_reloads_are_counted_by_result() {
         "{exposition}"
     );
 }
+
+/// While a plugin at its concurrency limit holds one request and queues another, the
+/// gauges say so; both return to zero afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_in_use_and_queued_requests_are_gauged() {
+    let plugins = PluginsDir::with(&["hello"]);
+    plugins.deploy_as("spin", "spin", |m| {
+        m.replace(
+            "timeout_ms = 300",
+            "timeout_ms = 5000\nmax_concurrency = 1\nmax_queued = 1\nqueue_timeout_ms = 3000",
+        )
+    });
+    let host = std::sync::Arc::new(
+        TestHost::builder()
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .start(&plugins),
+    );
+    let get = |path: &'static str| {
+        let host = host.clone();
+        tokio::spawn(async move { host.get(path).await.status().as_u16() })
+    };
+    let gauges = |exposition: &str| {
+        let labels = [("plugin", "spin"), ("version", "0.1.0")];
+        (
+            sample(exposition, "plinth_plugin_instances_in_use", &labels),
+            sample(exposition, "plinth_plugin_admission_queued", &labels),
+        )
+    };
+    let running = get("/spin/sleep/1000");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let queued = get("/spin/sleep/1");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (_, busy) = host.scrape().await;
+    assert_eq!(gauges(&busy), (Some(1.0), Some(1.0)), "{busy}");
+    assert_eq!(running.await.expect("join"), 200);
+    assert_eq!(queued.await.expect("join"), 200);
+    let (_, idle) = host.scrape().await;
+    assert_eq!(gauges(&idle), (Some(0.0), Some(0.0)), "{idle}");
+}

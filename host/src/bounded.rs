@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use prometheus::IntGauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Why no permit was given.
@@ -26,6 +27,8 @@ pub struct BoundedSemaphore {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
+    /// A metric that mirrors `waiting`, if any.
+    waiting_gauge: Option<IntGauge>,
 }
 
 impl BoundedSemaphore {
@@ -34,7 +37,14 @@ impl BoundedSemaphore {
             permits: Arc::new(Semaphore::new(permits)),
             waiting: AtomicUsize::new(0),
             max_waiting,
+            waiting_gauge: None,
         }
+    }
+
+    /// Keeps `gauge` equal to the number of callers waiting.
+    pub fn mirror_waiting(mut self, gauge: IntGauge) -> Self {
+        self.waiting_gauge = Some(gauge);
+        self
     }
 
     /// A permit, at once if one is free, else after waiting in line (at most `wait_limit`
@@ -46,7 +56,9 @@ impl BoundedSemaphore {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let _place = PlaceInLine::take(&self.waiting, self.max_waiting).ok_or(Refusal::LineFull)?;
+        let _place =
+            PlaceInLine::take(&self.waiting, self.max_waiting, self.waiting_gauge.as_ref())
+                .ok_or(Refusal::LineFull)?;
         let acquire = self.permits.clone().acquire_owned();
         let permit = match wait_limit {
             Some(limit) => tokio::time::timeout(limit, acquire)
@@ -65,22 +77,32 @@ impl BoundedSemaphore {
 }
 
 /// A place in line, given back when dropped.
-struct PlaceInLine<'a>(&'a AtomicUsize);
+struct PlaceInLine<'a>(&'a AtomicUsize, Option<&'a IntGauge>);
 
 impl<'a> PlaceInLine<'a> {
-    fn take(waiting: &'a AtomicUsize, max_waiting: usize) -> Option<Self> {
+    fn take(
+        waiting: &'a AtomicUsize,
+        max_waiting: usize,
+        gauge: Option<&'a IntGauge>,
+    ) -> Option<Self> {
         waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max_waiting).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Self(waiting))
+            .ok()?;
+        if let Some(gauge) = gauge {
+            gauge.inc();
+        }
+        Some(Self(waiting, gauge))
     }
 }
 
 impl Drop for PlaceInLine<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        if let Some(gauge) = self.1 {
+            gauge.dec();
+        }
     }
 }
 

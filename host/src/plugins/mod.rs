@@ -146,8 +146,8 @@ impl LoadedPlugin {
             loaded_at: SystemTime::now(),
             compiled: component,
             component: ReadyComponent {
+                admission: runtime::Admission::new(&manifest.limits, counters.queued.clone()),
                 counters,
-                admission: runtime::Admission::new(&manifest.limits),
                 engine: engine.engine().clone(),
                 slots: engine.slots(),
                 ticker: engine.ticker(),

@@ -413,6 +413,8 @@ pub struct PluginCounters {
     heavy_calls: IntCounter,
     instantiation: Histogram,
     in_use: IntGauge,
+    /// Requests waiting in [`Admission`]'s line.
+    pub(crate) queued: IntGauge,
     /// Held in `plinth_plugin_info` while this version is loaded.
     _info: PluginInfo,
 }
@@ -439,6 +441,7 @@ impl PluginCounters {
             in_use: metrics
                 .plugin_instances_in_use
                 .with_label_values(&[plugin, version]),
+            queued: metrics.plugin_queued.with_label_values(&[plugin, version]),
             _info: PluginInfo::hold(
                 metrics.clone(),
                 [plugin.to_owned(), version.to_owned(), hash.to_owned()],
@@ -528,12 +531,14 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(limits: &Limits) -> Self {
+    /// `queued`: kept equal to the number of requests waiting for a turn.
+    pub fn new(limits: &Limits, queued: IntGauge) -> Self {
         Self {
             turns: BoundedSemaphore::new(
                 limits.max_concurrency as usize,
                 limits.max_queued as usize,
-            ),
+            )
+            .mirror_waiting(queued),
             queue_timeout: limits.queue_timeout(),
         }
     }

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub plugin_info: IntGaugeVec,
     /// `plugin`, `version`.
     pub plugin_instances_in_use: IntGaugeVec,
+    /// `plugin`, `version`.
+    pub plugin_queued: IntGaugeVec,
     /// `plugin`, `result`: `swapped` or `refused`.
     pub plugin_reloads: IntCounterVec,
     /// `class`, `result`: `allowed`, `refused`, `unavailable`.
@@ -202,6 +204,12 @@ impl Metrics {
                 &registry,
                 "plinth_plugin_instances_in_use",
                 "Plugin instances serving a request now.",
+                &plugin_version,
+            )?,
+            plugin_queued: gauge(
+                &registry,
+                "plinth_plugin_admission_queued",
+                "Requests waiting for a turn under the plugin's max_concurrency.",
                 &plugin_version,
             )?,
             plugin_reloads: counter(
