@@ -43,7 +43,7 @@ use crate::plugins::routes::RouteMatch;
 use crate::plugins::runtime::PluginFailure;
 use crate::request_id;
 pub use crate::state::AppState;
-use crate::telemetry::metrics::{Metrics, ObservedRequest};
+use crate::telemetry::metrics::{Metrics, ObservedRequest, RouteSeries, method_label};
 
 /// What the access log line and the metrics say about where a request went.
 #[derive(Debug, Default)]
@@ -51,6 +51,8 @@ struct Outcome {
     /// The route template (or the host endpoint's path); `None`: no route matched.
     route: Option<Arc<str>>,
     plugin: Option<Arc<LoadedPlugin>>,
+    /// The matched plugin route's metric series, and the method they are for.
+    series: Option<(Arc<RouteSeries>, &'static str)>,
     request_body_bytes: Option<u64>,
 }
 
@@ -131,7 +133,13 @@ fn observe(
     started: Instant,
 ) {
     use hyper::body::Body as _;
+    let (series, series_method) = match &outcome.series {
+        Some((series, method)) => (Some(&**series), *method),
+        None => (None, ""),
+    };
     metrics.observe_request(ObservedRequest {
+        series,
+        series_method,
         method,
         route: outcome.route.as_deref().unwrap_or(""),
         status: response.status(),
@@ -305,6 +313,7 @@ async fn serve(
     let RouteMatch { target, params } = matched;
     outcome.route = Some(target.pattern.clone());
     outcome.plugin = Some(target.plugin.clone());
+    outcome.series = Some((target.series.clone(), method_label(&target.method)));
 
     let (parts, body) = request.into_parts();
     let body = read_body(

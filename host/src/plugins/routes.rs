@@ -12,6 +12,7 @@ use http::Method;
 use super::LoadedPlugin;
 use super::manifest::{AuthPolicy, RateLimitClass};
 use crate::error::ApiError;
+use crate::telemetry::metrics::RouteSeries;
 
 /// Where a matched request goes.
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct RouteTarget {
     pub pattern: Arc<str>,
     pub auth: AuthPolicy,
     pub rate_limit: RateLimitClass,
+    /// This route's metric series, resolved on first use.
+    pub series: Arc<RouteSeries>,
 }
 
 #[derive(Debug)]
@@ -69,6 +72,7 @@ impl RouteTable {
                     pattern: Arc::from(route.path.as_str()),
                     auth: route.auth,
                     rate_limit: route.rate_limit,
+                    series: Arc::default(),
                 });
             }
         }

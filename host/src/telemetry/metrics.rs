@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// The content type of the exposition ([`Metrics::encode`]).
@@ -284,6 +284,9 @@ impl Metrics {
             return;
         }
         let method = method_label(request.method);
+        if let Some(series) = request.series.filter(|_| method == request.series_method) {
+            return self.observe_on(series, method, &request);
+        }
         if let Some(bytes) = request.request_body_bytes {
             self.request_body_size
                 .with_label_values(&[method, request.route])
@@ -302,6 +305,47 @@ impl Metrics {
                 request.plugin,
             ])
             .observe(request.duration.as_secs_f64());
+    }
+
+    /// [`Self::observe_request`] for a plugin route, through its resolved series: no label
+    /// lookup (a hash, a shared lock, a reference count) per request.
+    fn observe_on(&self, series: &RouteSeries, method: &str, request: &ObservedRequest<'_>) {
+        let [request_body, response_body] = series.bodies.get_or_init(|| {
+            [
+                self.request_body_size
+                    .with_label_values(&[method, request.route]),
+                self.response_body_size
+                    .with_label_values(&[method, request.route]),
+            ]
+        });
+        if let Some(bytes) = request.request_body_bytes {
+            request_body.observe(bytes as f64);
+        }
+        if let Some(bytes) = request.response_body_bytes {
+            response_body.observe(bytes as f64);
+        }
+        let by_status = series.by_status.get_or_init(|| {
+            (0..STATUS_SLOTS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect()
+        });
+        let status = request.status.as_u16();
+        let duration = request.duration.as_secs_f64();
+        let labels = [
+            method,
+            request.route,
+            request.status.as_str(),
+            request.plugin,
+        ];
+        match by_status.get(usize::from(status).wrapping_sub(100)) {
+            Some(slot) => slot
+                .get_or_init(|| self.request_duration.with_label_values(&labels))
+                .observe(duration),
+            None => self
+                .request_duration
+                .with_label_values(&labels)
+                .observe(duration),
+        }
     }
 
     /// The exposition, in the text format.
@@ -328,9 +372,23 @@ impl HostCalls {
     }
 }
 
+/// Status codes 100..=599 each get a slot in [`RouteSeries`].
+const STATUS_SLOTS: usize = 500;
+
+/// A plugin route's series (kept with the route, resolved on first use): its body sizes
+/// and its durations by status, for requests of the route's own method.
+#[derive(Debug, Default)]
+pub struct RouteSeries {
+    bodies: std::sync::OnceLock<[Histogram; 2]>,
+    by_status: std::sync::OnceLock<Box<[std::sync::OnceLock<Histogram>]>>,
+}
+
 /// What [`Metrics::observe_request`] records of one request.
 #[derive(Debug)]
 pub struct ObservedRequest<'a> {
+    /// The matched plugin route's series, for requests with `series_method`.
+    pub series: Option<&'a RouteSeries>,
+    pub series_method: &'static str,
     pub method: &'a http::Method,
     pub route: &'a str,
     pub status: http::StatusCode,
