@@ -162,9 +162,17 @@ impl KvStore {
         let client = remote.0.client.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
+            // Said once per outage (and once a minute while it lasts), not every retry.
+            let mut failures: u64 = 0;
             while !sender.is_closed() {
-                if let Err(err) = forward_messages(&client, &channel, &sender).await {
-                    tracing::warn!(error = %err, %channel, "Redis subscription lost; retrying");
+                match forward_messages(&client, &channel, &sender).await {
+                    Ok(()) => failures = 0,
+                    Err(err) => {
+                        if failures % 60 == 0 {
+                            tracing::warn!(error = %err, %channel, "Redis subscription lost; retrying every second");
+                        }
+                        failures += 1;
+                    }
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
