@@ -192,16 +192,20 @@ impl<C: sqlx::Connection> Pool<C> {
                 break;
             };
             self.shared.count(|stats| stats.idle.dec());
-            if self.shared.expired(idle.opened, idle.since) {
-                self.shared.count(|stats| stats.open.dec());
+            let (opened, since) = (idle.opened, idle.since);
+            // Counted as open until leased: dropped here (expired, failed its ping, or the
+            // acquire timed out during the ping), it is closed and uncounted.
+            let mut conn = Counted {
+                conn: Some(idle.conn),
+                shared: &self.shared,
+            };
+            if self.shared.expired(opened, since) {
                 continue;
             }
-            let mut conn = idle.conn;
-            if idle.since.elapsed() > TRUST_IDLE_FOR && conn.ping().await.is_err() {
-                self.shared.count(|stats| stats.open.dec());
+            if since.elapsed() > TRUST_IDLE_FOR && conn.get().ping().await.is_err() {
                 continue;
             }
-            return Ok(self.lease(conn, idle.opened, permit));
+            return Ok(self.lease(conn.into_inner(), opened, permit));
         }
         let conn = (self.shared.connect)().await?;
         self.shared.count(|stats| stats.open.inc());
@@ -215,6 +219,30 @@ impl<C: sqlx::Connection> Pool<C> {
             settled: false,
             shared: self.shared.clone(),
             _permit: permit,
+        }
+    }
+}
+
+/// A pooled connection between the idle list and a lease.
+struct Counted<'a, C> {
+    conn: Option<C>,
+    shared: &'a Shared<C>,
+}
+
+impl<C> Counted<'_, C> {
+    fn get(&mut self) -> &mut C {
+        self.conn.as_mut().expect("present until taken")
+    }
+
+    fn into_inner(mut self) -> C {
+        self.conn.take().expect("present until taken")
+    }
+}
+
+impl<C> Drop for Counted<'_, C> {
+    fn drop(&mut self) {
+        if self.conn.take().is_some() {
+            self.shared.count(|stats| stats.open.dec());
         }
     }
 }
