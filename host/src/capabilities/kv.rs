@@ -168,7 +168,7 @@ impl KvStore {
                 match forward_messages(&client, &channel, &sender).await {
                     Ok(()) => failures = 0,
                     Err(err) => {
-                        if failures % 60 == 0 {
+                        if failures.is_multiple_of(60) {
                             tracing::warn!(error = %err, %channel, "Redis subscription lost; retrying every second");
                         }
                         failures += 1;
