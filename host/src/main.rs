@@ -2,6 +2,12 @@
 
 use plinth_host::{Application, Config, server, telemetry};
 
+/// mimalloc rather than glibc's malloc: every request allocates and frees across two
+/// worker threads (headers, bodies, rows, the log line). Measured (BENCHMARKS.md, issue 14):
+/// `/hello/x` +5–7%, `users/me` on SQLite +11–15%, `/health` unchanged.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Scheduler ticks between checks for I/O and timers (tokio's default: 61). Guests run in
 /// slices of one epoch tick; at the default, a worker busy with spinning guests would
 /// notice new connections only every ~61 slices.
