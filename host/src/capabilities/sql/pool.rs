@@ -357,11 +357,20 @@ mod tests {
 
     /// A pool of in-memory SQLite connections that counts how many it opened.
     fn counting_pool(max: u32) -> (Pool<SqliteConnection>, Arc<AtomicUsize>) {
+        in_memory_pool(max, None, None)
+    }
+
+    /// Like [`counting_pool`], with recycling and metrics as given.
+    fn in_memory_pool(
+        max: u32,
+        recycle: Option<Recycle>,
+        stats: Option<PoolStats>,
+    ) -> (Pool<SqliteConnection>, Arc<AtomicUsize>) {
         let opened = Arc::new(AtomicUsize::new(0));
         let counter = opened.clone();
         let pool = Pool::new(
             max,
-            None,
+            recycle,
             Arc::new(move || {
                 let counter = counter.clone();
                 Box::pin(async move {
@@ -370,7 +379,7 @@ mod tests {
                         .await
                 })
             }),
-            None,
+            stats,
         );
         (pool, opened)
     }
@@ -460,17 +469,7 @@ mod tests {
     async fn the_pool_reports_open_and_idle_connections_and_waits() -> anyhow::Result<()> {
         let metrics = Metrics::new(false)?;
         let stats = PoolStatsFamilies::new(&metrics).of("d", "serving");
-        let pool = Pool::new(
-            1,
-            None,
-            Arc::new(|| {
-                Box::pin(async {
-                    SqliteConnection::connect_with(&SqliteConnectOptions::new().in_memory(true))
-                        .await
-                })
-            }),
-            Some(stats.clone()),
-        );
+        let (pool, opened) = in_memory_pool(1, None, Some(stats.clone()));
         let mut conn = pool.acquire().await?;
         assert_eq!((stats.open.get(), stats.idle.get()), (1, 0));
         select_one(&mut conn).await?;
@@ -486,29 +485,17 @@ mod tests {
         assert_eq!((stats.open.get(), stats.idle.get()), (0, 0));
         select_one(&mut pool.acquire().await?).await?;
         assert_eq!((stats.open.get(), stats.idle.get()), (1, 1));
+        assert_eq!(opened.load(Ordering::SeqCst), 2, "the closed one was replaced");
         Ok(())
     }
 
     #[tokio::test]
     async fn expired_connections_are_replaced() -> anyhow::Result<()> {
-        let opened = Arc::new(AtomicUsize::new(0));
-        let counter = opened.clone();
-        let pool = Pool::new(
-            2,
-            Some(Recycle {
-                idle_timeout: Duration::from_millis(30),
-                max_lifetime: Duration::from_secs(60),
-            }),
-            Arc::new(move || {
-                let counter = counter.clone();
-                Box::pin(async move {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    SqliteConnection::connect_with(&SqliteConnectOptions::new().in_memory(true))
-                        .await
-                })
-            }),
-            None,
-        );
+        let recycle = Recycle {
+            idle_timeout: Duration::from_millis(30),
+            max_lifetime: Duration::from_secs(60),
+        };
+        let (pool, opened) = in_memory_pool(2, Some(recycle), None);
         select_one(&mut pool.acquire().await?).await?;
         select_one(&mut pool.acquire().await?).await?;
         assert_eq!(opened.load(Ordering::SeqCst), 1);
