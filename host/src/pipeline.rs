@@ -37,22 +37,21 @@ use crate::authn;
 use crate::bindings;
 use crate::error::{ApiError, Body, json_response};
 use crate::middleware::rate_limit::client_ip;
-use crate::plugins::LoadedPlugin;
+
 use crate::plugins::manifest::RateLimitClass;
-use crate::plugins::routes::RouteMatch;
+use crate::plugins::routes::{RouteMatch, RouteTarget};
 use crate::plugins::runtime::PluginFailure;
 use crate::request_id;
 pub use crate::state::AppState;
-use crate::telemetry::metrics::{Metrics, ObservedRequest, RouteSeries, method_label};
+use crate::telemetry::metrics::{Metrics, ObservedRequest};
 
 /// What the access log line and the metrics say about where a request went.
 #[derive(Debug, Default)]
 struct Outcome {
     /// The route template (or the host endpoint's path); `None`: no route matched.
     route: Option<Arc<str>>,
-    plugin: Option<Arc<LoadedPlugin>>,
-    /// The matched plugin route's metric series, and the method they are for.
-    series: Option<(Arc<RouteSeries>, &'static str)>,
+    /// The plugin route the request reached (its plugin and metric series).
+    target: Option<RouteTarget>,
     request_body_bytes: Option<u64>,
 }
 
@@ -133,17 +132,14 @@ fn observe(
     started: Instant,
 ) {
     use hyper::body::Body as _;
-    let (series, series_method) = match &outcome.series {
-        Some((series, method)) => (Some(&**series), *method),
-        None => (None, ""),
-    };
+    let target = outcome.target.as_ref();
     metrics.observe_request(ObservedRequest {
-        series,
-        series_method,
+        // A route's series are for its own method (a HEAD served by a GET route is not).
+        series: target.filter(|t| t.method == *method).map(|t| &*t.series),
         method,
         route: outcome.route.as_deref().unwrap_or(""),
         status: response.status(),
-        plugin: outcome.plugin.as_ref().map_or("", |p| p.name.as_str()),
+        plugin: target.map_or("", |t| t.plugin.name.as_str()),
         duration: started.elapsed(),
         request_body_bytes: outcome.request_body_bytes,
         response_body_bytes: response.body().size_hint().exact(),
@@ -191,9 +187,9 @@ fn log_access(
     client: std::net::IpAddr,
 ) {
     let (plugin, plugin_version) = outcome
-        .plugin
+        .target
         .as_ref()
-        .map(|p| (p.name.as_str(), p.version.as_str()))
+        .map(|t| (t.plugin.name.as_str(), t.plugin.version.as_str()))
         .unzip();
     span.in_scope(|| {
         tracing::info!(
@@ -312,8 +308,7 @@ async fn serve(
 ) -> Result<Response<Body>, ApiError> {
     let RouteMatch { target, params } = matched;
     outcome.route = Some(target.pattern.clone());
-    outcome.plugin = Some(target.plugin.clone());
-    outcome.series = Some((target.series.clone(), method_label(&target.method)));
+    outcome.target = Some(target.clone());
 
     let (parts, body) = request.into_parts();
     let body = read_body(

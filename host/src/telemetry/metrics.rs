@@ -284,7 +284,7 @@ impl Metrics {
             return;
         }
         let method = method_label(request.method);
-        if let Some(series) = request.series.filter(|_| method == request.series_method) {
+        if let Some(series) = request.series {
             return self.observe_on(series, method, &request);
         }
         if let Some(bytes) = request.request_body_bytes {
@@ -386,9 +386,8 @@ pub struct RouteSeries {
 /// What [`Metrics::observe_request`] records of one request.
 #[derive(Debug)]
 pub struct ObservedRequest<'a> {
-    /// The matched plugin route's series, for requests with `series_method`.
+    /// The matched plugin route's series, when the request has the route's own method.
     pub series: Option<&'a RouteSeries>,
-    pub series_method: &'static str,
     pub method: &'a http::Method,
     pub route: &'a str,
     pub status: http::StatusCode,

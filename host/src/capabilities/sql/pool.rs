@@ -485,7 +485,11 @@ mod tests {
         assert_eq!((stats.open.get(), stats.idle.get()), (0, 0));
         select_one(&mut pool.acquire().await?).await?;
         assert_eq!((stats.open.get(), stats.idle.get()), (1, 1));
-        assert_eq!(opened.load(Ordering::SeqCst), 2, "the closed one was replaced");
+        assert_eq!(
+            opened.load(Ordering::SeqCst),
+            2,
+            "the closed one was replaced"
+        );
         Ok(())
     }
 
