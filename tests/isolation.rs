@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plinth_tests::{Backend, PluginsDir, TestHost, json_body, on_both_backends};
+use plinth_tests::{Backend, PluginsDir, TestHost, json_body, on_both_backends, request_id};
 use reqwest::Method;
 
 fn hostile_host() -> (PluginsDir, TestHost) {
@@ -239,12 +239,7 @@ async fn instances_are_fresh_per_request_unless_a_plugin_opts_into_reuse() {
     async fn served(host: &TestHost, path: &str) -> (u64, String) {
         let response = host.get(path).await;
         assert_eq!(response.status(), 200, "{path}");
-        let request_id = response
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .expect("x-request-id")
-            .to_owned();
+        let request_id = request_id(&response);
         let served = json_body(response).await["served"]
             .as_u64()
             .expect("served");
@@ -282,12 +277,7 @@ async fn guest_output_is_logged_with_plugin_and_request_id() {
     let host = TestHost::start(&plugins);
     let response = host.get("/bigbody/1").await;
     assert_eq!(response.status(), 200);
-    let request_id = response
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("x-request-id")
-        .to_owned();
+    let request_id = request_id(&response);
     for (stream, text) in [
         ("stdout", "bigbody: answering 1 MiB"),
         ("stderr", "bigbody: stderr works too"),

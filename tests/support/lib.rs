@@ -477,6 +477,16 @@ impl Drop for TestHost {
     }
 }
 
+/// The `X-Request-Id` a response carries (panics when it has none).
+pub fn request_id(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id")
+        .to_owned()
+}
+
 /// The JSON body of a response (panics with the raw body when it is not JSON).
 pub async fn json_body(response: reqwest::Response) -> serde_json::Value {
     let text = response.text().await.expect("reading body");
