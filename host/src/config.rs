@@ -44,6 +44,8 @@ pub struct Config {
     /// Where the Prometheus exposition is served (`METRICS_ADDR`); `None`: not served, and
     /// requests are not measured.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where traces are exported (the standard `OTEL_*` variables); `None`: not traced.
+    pub traces: Option<crate::telemetry::traces::OtlpExport>,
     pub app_env: AppEnv,
     pub log_format: LogFormat,
     /// Directory of deployable plugins: one sub-directory per plugin with `plugin.toml`.
@@ -99,6 +101,7 @@ impl Config {
             .map(|addr| addr.parse())
             .transpose()
             .context("METRICS_ADDR must be an address like 127.0.0.1:9464")?;
+        let traces = crate::telemetry::traces::OtlpExport::from_lookup(get)?;
         let app_env = match get("APP_ENV").as_deref() {
             None | Some("development") => AppEnv::Development,
             Some("production") => AppEnv::Production,
@@ -250,6 +253,7 @@ impl Config {
             metrics_addr,
             app_env,
             log_format,
+            traces,
             plugins_dir,
             watch_plugins: parse_or(&get, "WATCH_PLUGINS", true)?,
             plugin_cache_dir,

@@ -21,7 +21,10 @@
 //! 3. **Per request**: resolve the route against a snapshot of the table, read the body
 //!    within the limit, instantiate the plugin into a fresh `Store` with its memory limit and
 //!    deadline, call `handler.handle`, validate the response. Failures of any step become
-//!    docs/API.md error bodies in [`error::ApiError::into_response`].
+//!    docs/API.md error bodies in [`error::ApiError::into_response`]. Each request logs
+//!    one access line under its request id ([`telemetry`]); with `METRICS_ADDR` it is
+//!    measured ([`telemetry::metrics`]), with an OTLP endpoint it is one trace whose
+//!    spans reach into the plugin's host calls ([`telemetry::traces`]).
 //! 4. **Shutdown**: on SIGINT/SIGTERM stop accepting, let in-flight requests finish within
 //!    the grace period, exit 0.
 //!

@@ -18,6 +18,23 @@ const EVENT_INTERVAL: u32 = 8;
 const GLOBAL_QUEUE_INTERVAL: u32 = 4;
 
 fn main() -> std::process::ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("plinth: configuration error: {err:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // Before the runtime, and dropped after it: the trace exporter's client and its last
+    // flush block, which a runtime worker must not.
+    let _log_guard =
+        match telemetry::init(config.log_format, config.traces.as_ref(), &config.host_id) {
+            Ok(guard) => guard,
+            Err(err) => {
+                eprintln!("plinth: cannot start logging or tracing: {err:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .event_interval(EVENT_INTERVAL)
@@ -30,24 +47,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve())
+    let code = runtime.block_on(serve(config));
+    // Tasks still running (connections past the grace period) end here, before the
+    // guard writes the last lines.
+    drop(runtime);
+    code
 }
 
-async fn serve() -> std::process::ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("plinth: configuration error: {err:#}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let _log_guard = match telemetry::init(config.log_format) {
-        Ok(guard) => guard,
-        Err(err) => {
-            eprintln!("plinth: cannot start the log writer: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+async fn serve(config: Config) -> std::process::ExitCode {
     match run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

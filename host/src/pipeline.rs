@@ -6,8 +6,12 @@
 //!   → body limit (413) and deadline (408)
 //!   → route auth policy (bearer JWT → principal, 401) → plugin instance
 //!   → error mapping → rate-limit headers → CORS headers (a plugin's own are dropped)
-//!   → X-Request-Id, X-Content-Type-Options → metrics (with METRICS_ADDR) → access log line
+//!   → X-Request-Id, X-Content-Type-Options → metrics (with METRICS_ADDR)
+//!   → server span ended (with an OTLP endpoint) → access log line
 //! ```
+//!
+//! With traces on, the steps from route match to the guest call are spans under the
+//! request's server span (`telemetry::traces`); the access line names its trace id.
 //!
 //! Why this order:
 //! - the request id comes first, so every later step, failures included, is logged under it;
@@ -44,6 +48,7 @@ use crate::plugins::runtime::PluginFailure;
 use crate::request_id;
 pub use crate::state::AppState;
 use crate::telemetry::metrics::{Metrics, ObservedRequest};
+use crate::telemetry::traces::{self, trace_span};
 
 /// What the access log line and the metrics say about where a request went.
 #[derive(Debug, Default)]
@@ -67,7 +72,12 @@ pub async fn handle(
     let path = request.uri().path().to_owned();
     let client = client_ip(peer.ip(), request.headers(), &state.trusted_proxies);
     let origin = request.headers().get(http::header::ORIGIN).cloned();
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+    );
+    let server_span = traces::server_span(&span, &method, request.headers());
     let _active = state
         .metrics
         .http_enabled()
@@ -82,6 +92,7 @@ pub async fn handle(
         Some(preflight) => preflight,
         None => {
             let mut response = dispatch(&state, request, client, &request_id, &mut outcome)
+                .instrument(server_span.clone())
                 .instrument(span.clone())
                 .await;
             if let Some(cors) = &state.cors {
@@ -92,6 +103,18 @@ pub async fn handle(
     };
 
     set_host_headers(&mut response, &request_id);
+    traces::finish(
+        &server_span,
+        traces::Answered {
+            method: &method,
+            route: outcome.route.as_deref(),
+            plugin: outcome
+                .target
+                .as_ref()
+                .map(|t| (t.plugin.name.as_str(), t.plugin.version.as_str())),
+            status: response.status(),
+        },
+    );
     if state.metrics.http_enabled() {
         observe(&state.metrics, &method, &outcome, &response, started);
     }
@@ -247,7 +270,8 @@ async fn dispatch(
 
     // One snapshot for the whole request: a reload never swaps the plugin under it.
     let table = state.registry.snapshot();
-    let resolved = table.resolve(request.method(), request.uri().path());
+    let resolved = trace_span!("route match")
+        .in_scope(|| table.resolve(request.method(), request.uri().path()));
     let class = resolved
         .as_ref()
         .map_or(RateLimitClass::Default, |m| m.target.rate_limit);
@@ -320,9 +344,11 @@ async fn serve(
     .await?;
     outcome.request_body_bytes = Some(body.len() as u64);
 
-    let principal = authn::authenticate(&state.capabilities, target.auth, &parts.headers).await?;
+    let principal = authn::authenticate(&state.capabilities, target.auth, &parts.headers)
+        .instrument(trace_span!("authenticate"))
+        .await?;
 
-    let guest_request = bindings::Request {
+    let mut guest_request = bindings::Request {
         // HEAD is served by the GET route: the plugin sees GET, hyper sends no body.
         method: target.method.to_string(),
         path: parts.uri.path().to_owned(),
@@ -340,6 +366,7 @@ async fn serve(
         request_id: request_id.to_owned(),
         principal,
     };
+    traces::propagate(&tracing::Span::current(), &mut guest_request.headers);
 
     let guest_response = target
         .plugin

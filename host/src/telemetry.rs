@@ -1,4 +1,5 @@
-//! Logging setup: `tracing` to stdout, pretty for people or JSON (`LOG_FORMAT=json`).
+//! Logging setup: `tracing` to stdout, pretty for people or JSON (`LOG_FORMAT=json`), and
+//! traces over OTLP when an OpenTelemetry endpoint is configured ([`traces`]).
 //!
 //! `RUST_LOG` filters as usual (default `info`). Every request runs inside a `request` span
 //! carrying its request id, so every line logged for a request, the plugin's own included,
@@ -19,12 +20,17 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
 pub mod json;
 pub mod metrics;
+pub mod traces;
 pub mod writer;
 
 use json::{JsonLines, JsonSpanFields};
@@ -36,32 +42,72 @@ pub const LOG_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes in the buffer beyond which plugin lines are dropped.
 pub const GUEST_SHARE_BYTES: usize = LOG_BUFFER_BYTES / 2;
 
-/// Writes every buffered log line when dropped: keep it alive until the process exits.
+/// Writes every buffered log line, and exports every queued span, when dropped: keep it
+/// alive until the process exits.
 #[must_use = "dropping the guard stops the log writer"]
 #[derive(Debug)]
-pub struct LogGuard(#[allow(dead_code, reason = "held for its Drop")] Option<WriterGuard>);
+pub struct LogGuard {
+    // Dropped in this order: the last spans are exported (and any failure logged) before
+    // the writer's last lines are written.
+    _traces: Option<traces::Exporter>,
+    _writer: Option<WriterGuard>,
+}
 
-/// Installs the subscriber; fails only when the writer thread cannot be started.
-pub fn init(format: LogFormat) -> std::io::Result<LogGuard> {
+/// Installs the subscriber, and the trace exporter when `traces` is set.
+pub fn init(
+    format: LogFormat,
+    traces: Option<&traces::OtlpExport>,
+    host_id: &str,
+) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let bounds = Bounds {
         total: LOG_BUFFER_BYTES,
         guest: GUEST_SHARE_BYTES,
     };
     let (writer, guard) = LogWriter::spawn(std::io::stdout(), bounds, Box::new(report_drops))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let exporter = traces
+        .map(|export| traces::Exporter::start(export, host_id))
+        .transpose()?;
+    // `try_init` so that embedding the host where a subscriber is already set works.
+    let installed = match &exporter {
+        // The filter applies to everything: spans no line would name are never created.
+        None => tracing_subscriber::registry()
+            .with(filter)
+            .with(lines(format, writer))
+            .try_init(),
+        // Each layer its own filter: the trace's spans stay out of log lines, and the
+        // log level does not decide what is traced.
+        Some(exporter) => {
+            let not_traced =
+                tracing_subscriber::filter::filter_fn(|meta| meta.target() != traces::TARGET);
+            tracing_subscriber::registry()
+                .with(lines(format, writer).with_filter(filter.and(not_traced)))
+                .with(exporter.layer())
+                .try_init()
+        }
+    };
+    let installed = installed.is_ok();
+    Ok(LogGuard {
+        _traces: exporter.filter(|_| installed),
+        _writer: installed.then_some(guard),
+    })
+}
+
+/// The layer writing log lines, in `format`.
+fn lines<S>(format: LogFormat, writer: LogWriter) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    let lines = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(std::io::stdout().is_terminal());
-    // `try_init` so that embedding the host where a subscriber is already set works.
-    let installed = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder
+    match format {
+        LogFormat::Pretty => lines.boxed(),
+        LogFormat::Json => lines
             .fmt_fields(JsonSpanFields)
             .event_format(JsonLines)
-            .try_init(),
-    };
-    Ok(LogGuard(installed.is_ok().then_some(guard)))
+            .boxed(),
+    }
 }
 
 /// Said by the writer thread once it caught up after dropping plugin lines.

@@ -135,6 +135,7 @@ pub fn copy_recursively(source: &Path, target: &Path) {
 
 pub mod api;
 pub mod backend;
+pub mod otlp;
 pub mod proxy;
 
 pub use backend::Backend;

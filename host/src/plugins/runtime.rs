@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 use wasmtime::component::ResourceTable;
 use wasmtime::{
     Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
@@ -41,6 +42,7 @@ use crate::capabilities::{CapabilityView, InstanceCapabilities, PluginCapabiliti
 use crate::plugins::guest_output::{GuestOutput, GuestStream};
 use crate::plugins::manifest::Limits;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces::trace_span;
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields. A busy
 /// guest holds a worker thread at most this long before others get a turn. Measured on
@@ -637,12 +639,17 @@ impl ReadyComponent {
     }
 
     async fn run(&self, request: &Request) -> Result<Response, PluginFailure> {
-        let _turn = self.admission.admit().await?;
-        let _lane = if self.heavy.is_set(&self.heavy_lanes) {
-            Some(self.admission.heavy_lane(&self.heavy_lanes).await?)
-        } else {
-            None
-        };
+        let (_turn, _lane) = async {
+            let turn = self.admission.admit().await?;
+            let lane = if self.heavy.is_set(&self.heavy_lanes) {
+                Some(self.admission.heavy_lane(&self.heavy_lanes).await?)
+            } else {
+                None
+            };
+            Ok::<_, PluginFailure>((turn, lane))
+        }
+        .instrument(trace_span!("admission wait"))
+        .await?;
         let _in_use = InUse::new(&self.counters.in_use);
         let request_id: Arc<str> = Arc::from(request.request_id.as_str());
         let (mut store, mut instance, served, slot) = match self.unpark(request_id.clone()) {
@@ -670,6 +677,7 @@ impl ReadyComponent {
                     let fresh = self
                         .pre
                         .instantiate_async(&mut store)
+                        .instrument(trace_span!("instantiate"))
                         .await
                         .map_err(|err| self.classify(err, true))?;
                     self.counters
@@ -681,6 +689,7 @@ impl ReadyComponent {
             instance
                 .plinth_plugin_handler()
                 .call_handle(&mut store, request)
+                .instrument(trace_span!("guest call", plinth.plugin = %self.plugin_name))
                 .await
                 .map_err(|err| self.classify(err, false))
         };

@@ -356,19 +356,36 @@ impl Metrics {
     }
 }
 
-/// Times plugins' host calls into `plinth_host_call_duration_seconds`; does nothing when
-/// metrics are off.
+/// Times plugins' host calls into `plinth_host_call_duration_seconds` (when metrics are
+/// on) and gives each its span in the trace (when traces are on).
 #[derive(Clone, Debug, Default)]
 pub struct HostCalls(Option<HistogramVec>);
 
 impl HostCalls {
-    /// Observes the time until the returned value is dropped (the call's end).
-    pub fn time(&self, interface: &str, function: &str) -> Option<prometheus::HistogramTimer> {
-        self.0.as_ref().map(|calls| {
-            calls
-                .with_label_values(&[interface, function])
-                .start_timer()
-        })
+    /// Measures the call until the returned value is dropped (the call's end).
+    pub fn time(&self, interface: &str, function: &str) -> HostCall {
+        HostCall {
+            _timer: self.0.as_ref().map(|calls| {
+                calls
+                    .with_label_values(&[interface, function])
+                    .start_timer()
+            }),
+            span: crate::telemetry::traces::host_call(interface, function),
+        }
+    }
+}
+
+/// One host call being measured: observed and its span closed when dropped.
+#[derive(Debug)]
+pub struct HostCall {
+    _timer: Option<prometheus::HistogramTimer>,
+    span: tracing::Span,
+}
+
+impl HostCall {
+    /// Adds what a SQL statement does (operation, table; never values) to the call's span.
+    pub fn statement(&self, backend: &'static str, statement: &str) {
+        crate::telemetry::traces::describe_statement(&self.span, backend, statement);
     }
 }
 

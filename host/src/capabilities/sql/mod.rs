@@ -39,7 +39,7 @@ use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
 use super::{CapabilityView, Descriptor, Grants};
 use crate::bindings::plinth::plugin::sql::{self as wit, BackendKind, Error, Rows, Value};
-use crate::telemetry::metrics::HostCalls;
+use crate::telemetry::metrics::{HostCall, HostCalls};
 
 pub use migrations::Migration;
 
@@ -604,6 +604,21 @@ impl SqlInstance {
             .as_ref()
             .ok_or_else(|| wasmtime::Error::msg("sql called without a granted data set"))
     }
+
+    /// Starts measuring a call that runs `statement` (its span names the operation and
+    /// table, never values).
+    fn time_statement(&self, function: &str, statement: &str) -> HostCall {
+        let call = self.calls.time("sql", function);
+        if let Some(data_set) = &self.data_set {
+            // OpenTelemetry's `db.system.name` values.
+            let system = match data_set.kind() {
+                BackendKind::Sqlite => "sqlite",
+                BackendKind::Postgres => "postgresql",
+            };
+            call.statement(system, statement);
+        }
+        call
+    }
 }
 
 impl wit::Host for SqlInstance {
@@ -616,7 +631,7 @@ impl wit::Host for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Rows, Error>> {
-        let _timed = self.calls.time("sql", "query");
+        let _timed = self.time_statement("query", &statement);
         Ok(self.data_set()?.query(&statement, params, false).await)
     }
 
@@ -625,7 +640,7 @@ impl wit::Host for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Rows, Error>> {
-        let _timed = self.calls.time("sql", "query-read");
+        let _timed = self.time_statement("query-read", &statement);
         Ok(self.data_set()?.query(&statement, params, true).await)
     }
 
@@ -634,7 +649,7 @@ impl wit::Host for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        let _timed = self.calls.time("sql", "execute");
+        let _timed = self.time_statement("execute", &statement);
         Ok(self.data_set()?.execute(&statement, params).await)
     }
 
@@ -662,7 +677,7 @@ impl wit::HostTransaction for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<Rows, Error>> {
-        let _timed = self.calls.time("sql", "transaction.query");
+        let _timed = self.time_statement("transaction.query", &statement);
         let transaction = self.transactions.get_mut(&this)?;
         Ok(transaction.query(&statement, params).await)
     }
@@ -673,7 +688,7 @@ impl wit::HostTransaction for SqlInstance {
         statement: String,
         params: Vec<Value>,
     ) -> wasmtime::Result<Result<u64, Error>> {
-        let _timed = self.calls.time("sql", "transaction.execute");
+        let _timed = self.time_statement("transaction.execute", &statement);
         let transaction = self.transactions.get_mut(&this)?;
         Ok(transaction.execute(&statement, params).await)
     }

@@ -1,6 +1,7 @@
 //! Test plugin: `GET /nosy` tries to reach what the sandbox withholds (the host's files,
 //! its environment, the network) and reports what it got; `GET /nosy/cors` answers with
-//! CORS headers of its own, trying to widen cross-origin access beyond the host's policy.
+//! CORS headers of its own, trying to widen cross-origin access beyond the host's policy;
+//! `GET /nosy/headers` answers with the request headers it was given.
 
 use plinth_sdk::{Handler, Request, Response};
 
@@ -8,8 +9,17 @@ struct Nosy;
 
 impl Handler for Nosy {
     fn handle(request: Request) -> Response {
-        if request.route == "/nosy/cors" {
-            return widen_cors();
+        match request.route.as_str() {
+            "/nosy/cors" => return widen_cors(),
+            "/nosy/headers" => {
+                let headers: serde_json::Map<String, serde_json::Value> = request
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.clone().into()))
+                    .collect();
+                return Response::json(200, &serde_json::Value::Object(headers));
+            }
+            _ => {}
         }
         let file = std::fs::read_to_string("/etc/hostname")
             .or_else(|_| std::fs::read_to_string("plugin.toml"))

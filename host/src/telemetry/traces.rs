@@ -1,0 +1,454 @@
+//! Traces exported over OTLP/HTTP, when an OpenTelemetry endpoint is configured.
+//!
+//! Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
+//! set; then the standard variables apply (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`, ...). Off, no
+//! span below is created: each call site checks [`enabled`] first and takes
+//! [`tracing::Span::none`], so the request path allocates nothing for tracing.
+//!
+//! One request's trace:
+//!
+//! ```text
+//! GET /api/v1/users/me            server span: child of an incoming `traceparent`
+//! ├── route match
+//! ├── authenticate                bearer token and revocation state
+//! ├── admission wait              the plugin's concurrency limit (and heavy lanes)
+//! ├── instantiate                 a fresh instance (absent for a reused one)
+//! └── guest call
+//!     ├── kv.get                  one span per host call, by WIT interface and function
+//!     └── sql.query               SQL: operation and table (db.*), never values
+//! ```
+//!
+//! These spans are `tracing` spans with the target [`TARGET`]: only the OpenTelemetry
+//! layer sees them (the log layer filters them out), so log lines keep naming the
+//! `request` span and its `request_id`, and gain its `trace_id`. The server span is a
+//! sibling of that `request` span, not the same span: its OpenTelemetry fields
+//! (`otel.kind`, ...) never reach a log line.
+//!
+//! A plugin receives a `traceparent` naming the server span (the client's is replaced),
+//! so whatever a plugin logs or passes on belongs to this trace.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context as _, bail};
+use opentelemetry::KeyValue;
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{Status, TraceContextExt as _, TracerProvider as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::Layer;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The `tracing` target of every span exported as part of a trace.
+pub const TARGET: &str = "plinth::otel";
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether traces are exported (set once, when the exporter is installed).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// A span of the trace (target [`TARGET`]) when traces are on, otherwise
+/// [`Span::none`] without touching the subscriber.
+macro_rules! trace_span {
+    ($name:literal $(, $($fields:tt)*)?) => {
+        if $crate::telemetry::traces::enabled() {
+            tracing::info_span!(target: "plinth::otel", $name $(, $($fields)*)?)
+        } else {
+            tracing::Span::none()
+        }
+    };
+}
+pub(crate) use trace_span;
+
+/// Where and how spans are exported: read from the standard OpenTelemetry variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpExport {
+    /// The full URL spans are posted to (`.../v1/traces`).
+    pub endpoint: String,
+}
+
+impl OtlpExport {
+    /// `None` when no endpoint is set, or the SDK or the trace exporter is turned off.
+    /// Refuses what this build cannot do (gRPC, JSON, TLS) instead of exporting nothing.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Self>> {
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        match get("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(None),
+            Some(other) => bail!("OTEL_TRACES_EXPORTER={other} is not supported: use otlp or none"),
+        }
+        let endpoint = match (
+            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            // The per-signal variable is the URL itself; the general one is a base URL.
+            (Some(traces), _) => traces.trim().to_owned(),
+            (None, Some(base)) => format!("{}/v1/traces", base.trim().trim_end_matches('/')),
+            (None, None) => return Ok(None),
+        };
+        for key in [
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ] {
+            if let Some(protocol) = get(key)
+                && protocol.trim() != "http/protobuf"
+            {
+                bail!(
+                    "{key}={protocol} is not supported: Plinth exports OTLP over HTTP with \
+                     protobuf (http/protobuf, usually port 4318)"
+                );
+            }
+        }
+        let uri: http::Uri = endpoint
+            .parse()
+            .with_context(|| format!("the OTLP endpoint {endpoint:?} is not a URL"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => bail!(
+                "the OTLP endpoint {endpoint} uses https, which this build does not speak: \
+                 export to an OpenTelemetry Collector next to the host over http"
+            ),
+            _ => bail!("the OTLP endpoint {endpoint:?} must be an http:// URL"),
+        }
+        Ok(Some(Self { endpoint }))
+    }
+}
+
+/// The exporter's provider; flushes spans still queued when shut down.
+#[derive(Debug)]
+pub struct Exporter(SdkTracerProvider);
+
+impl Exporter {
+    /// Starts exporting (a batch processor on its own thread) and turns [`enabled`] on.
+    pub fn start(export: &OtlpExport, host_id: &str) -> anyhow::Result<Self> {
+        use opentelemetry_otlp::WithExportConfig as _;
+        let spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(&export.endpoint)
+            .build()
+            .context("cannot set up the OTLP span exporter")?;
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(spans)
+            .with_resource(resource(host_id))
+            .build();
+        ENABLED.store(true, Ordering::Relaxed);
+        Ok(Self(provider))
+    }
+
+    /// The layer that turns [`TARGET`] spans into OpenTelemetry spans.
+    pub fn layer<S>(&self) -> impl Layer<S> + Send + Sync + 'static
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a> + Send + Sync,
+    {
+        let tracer = self.0.tracer("plinth");
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_target(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                meta.is_span() && meta.target() == TARGET
+            }))
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        ENABLED.store(false, Ordering::Relaxed);
+        if let Err(err) = self.0.shutdown() {
+            tracing::warn!(error = %err, "exporting the last spans failed");
+        }
+    }
+}
+
+/// `service.name` is `plinth` unless the standard variables name it; the version and
+/// this host's fleet name are added.
+fn resource(host_id: &str) -> Resource {
+    let from_env = Resource::builder().build();
+    let named = from_env
+        .get(&opentelemetry::Key::from_static_str("service.name"))
+        .is_some_and(|name| !name.as_str().starts_with("unknown_service"));
+    let mut builder = Resource::builder().with_attributes([
+        KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        KeyValue::new("service.instance.id", host_id.to_owned()),
+    ]);
+    if !named {
+        builder = builder.with_service_name("plinth");
+    }
+    builder.build()
+}
+
+/// The server span of a request, child of the client's `traceparent` when it sent a valid
+/// one, and records its trace id on the log span `request` (so every line carries it).
+/// Named `{method}` until [`finish`] knows the route.
+pub fn server_span(log_span: &Span, method: &http::Method, headers: &http::HeaderMap) -> Span {
+    if !enabled() {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        target: TARGET,
+        parent: None,
+        "request",
+        otel.kind = "server",
+        otel.name = %method,
+        http.request.method = %method,
+    );
+    let incoming =
+        TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
+    if incoming.span().span_context().is_valid() {
+        let _ = span.set_parent(incoming);
+    }
+    let context = span.context();
+    let trace_id = context.span().span_context().trace_id();
+    log_span.record("trace_id", tracing::field::display(trace_id));
+    span
+}
+
+/// What the server span learns once the request is answered.
+#[derive(Debug)]
+pub struct Answered<'a> {
+    pub method: &'a http::Method,
+    /// The route template (or host endpoint); `None`: no route matched.
+    pub route: Option<&'a str>,
+    /// The plugin and version that served it.
+    pub plugin: Option<(&'a str, &'a str)>,
+    pub status: http::StatusCode,
+}
+
+/// Ends the server span's story: named `{method} {route}` once the route is known, the
+/// route, plugin and status code as attributes, and an error status for a 5xx.
+pub fn finish(server: &Span, answered: Answered<'_>) {
+    if server.is_none() {
+        return;
+    }
+    if let Some(route) = answered.route {
+        server.set_attribute("http.route", route.to_owned());
+        server
+            .context()
+            .span()
+            .update_name(format!("{} {route}", answered.method));
+    }
+    if let Some((plugin, version)) = answered.plugin {
+        server.set_attribute("plinth.plugin", plugin.to_owned());
+        server.set_attribute("plinth.plugin.version", version.to_owned());
+    }
+    let status = answered.status;
+    server.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        server.set_status(Status::error(status.as_str().to_owned()));
+    }
+}
+
+/// Replaces a request's `traceparent`/`tracestate` with the server span's, for the plugin.
+pub fn propagate(server: &Span, headers: &mut Vec<(String, String)>) {
+    if !enabled() || server.is_none() {
+        return;
+    }
+    let mut carrier = std::collections::HashMap::new();
+    TraceContextPropagator::new().inject_context(&server.context(), &mut carrier);
+    headers.retain(|(name, _)| name != "traceparent" && name != "tracestate");
+    headers.extend(carrier);
+}
+
+/// The span of one host call (`sql.query`, `kv.get`, ...), child of the guest call.
+pub fn host_call(interface: &str, function: &str) -> Span {
+    trace_span!(
+        "host call",
+        otel.name = %format_args!("{interface}.{function}"),
+        plinth.host_call.interface = interface,
+        plinth.host_call.function = function,
+    )
+}
+
+/// Adds what a SQL statement does to its host-call span: the operation (its first
+/// keyword) and the table it names, never a value.
+pub fn describe_statement(span: &Span, backend: &'static str, statement: &str) {
+    if span.is_none() {
+        return;
+    }
+    span.set_attribute("db.system.name", backend);
+    let (operation, table) = statement_summary(statement);
+    if let Some(operation) = operation {
+        span.set_attribute("db.operation.name", operation);
+    }
+    if let Some(table) = table {
+        span.set_attribute("db.collection.name", table);
+    }
+}
+
+/// A statement's first keyword (upper case) and the first table it names after `FROM`,
+/// `INTO`, `UPDATE` or `JOIN`. String literals and quoted identifiers' contents are
+/// skipped, and only a plain identifier counts as a table, so no value can come out.
+pub fn statement_summary(statement: &str) -> (Option<String>, Option<String>) {
+    let words = sql_words(statement);
+    let operation = words
+        .first()
+        .filter(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+        .map(|w| w.to_ascii_uppercase());
+    let table = words
+        .windows(2)
+        .find(|pair| {
+            ["FROM", "INTO", "UPDATE", "JOIN"]
+                .iter()
+                .any(|k| pair[0].eq_ignore_ascii_case(k))
+        })
+        .map(|pair| pair[1])
+        .filter(|t| !t.is_empty() && t.bytes().all(is_word_byte))
+        .map(str::to_owned);
+    (operation, table)
+}
+
+/// The tokens of a statement: runs of identifier characters, a double-quoted identifier's
+/// content, and `""` for anything else but white space (a literal, a parenthesis, an
+/// operator), so that a keyword's neighbour is really the next token.
+fn sql_words(statement: &str) -> Vec<&str> {
+    let bytes = statement.as_bytes();
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() && words.len() < 256 {
+        match bytes[i] {
+            b'\'' => {
+                i = skip_past(bytes, i + 1, b'\'');
+                words.push("");
+            }
+            b'"' => {
+                let end = skip_past(bytes, i + 1, b'"');
+                words.push(&statement[i + 1..end.saturating_sub(1).max(i + 1)]);
+                i = end;
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => i = skip_past(bytes, i, b'\n'),
+            c if c.is_ascii_whitespace() => i += 1,
+            c if is_word_byte(c) => {
+                let start = i;
+                while i < bytes.len() && is_word_byte(bytes[i]) {
+                    i += 1;
+                }
+                words.push(&statement[start..i]);
+            }
+            _ => {
+                words.push("");
+                i += 1;
+            }
+        }
+    }
+    words
+}
+
+fn is_word_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.')
+}
+
+/// The index just past the next `end` byte at or after `from` (or the end).
+fn skip_past(bytes: &[u8], from: usize, end: u8) -> usize {
+    bytes[from.min(bytes.len())..]
+        .iter()
+        .position(|&b| b == end)
+        .map_or(bytes.len(), |p| from + p + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_summarised_by_operation_and_table_only() {
+        let cases = [
+            (
+                "SELECT id, email FROM users WHERE id = $1",
+                "SELECT",
+                Some("users"),
+            ),
+            (
+                "insert into plugin_auth.sessions (jti) values (?)",
+                "INSERT",
+                Some("plugin_auth.sessions"),
+            ),
+            (
+                "UPDATE \"users\" SET name = 'FROM secret' WHERE id = $1",
+                "UPDATE",
+                Some("users"),
+            ),
+            (
+                "DELETE FROM notes WHERE body = 'x'",
+                "DELETE",
+                Some("notes"),
+            ),
+            ("SELECT 'FROM x' AS y", "SELECT", None),
+            ("-- FROM comment\nSELECT 1", "SELECT", None),
+            ("BEGIN", "BEGIN", None),
+        ];
+        for (statement, operation, table) in cases {
+            let (op, t) = statement_summary(statement);
+            assert_eq!(op.as_deref(), Some(operation), "{statement}");
+            assert_eq!(t.as_deref(), table, "{statement}");
+        }
+    }
+
+    #[test]
+    fn a_literal_never_becomes_a_table() {
+        let (_, table) = statement_summary("SELECT * FROM 'secret value'");
+        assert_eq!(table, None);
+        let (_, table) = statement_summary("SELECT * FROM (SELECT 1)");
+        assert_eq!(table, None);
+    }
+
+    #[test]
+    fn the_standard_variables_turn_export_on_and_say_what_is_refused() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(OtlpExport::from_lookup(env(&[])).unwrap_or(None), None);
+        let on = OtlpExport::from_lookup(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]));
+        assert_eq!(
+            on.ok().flatten().map(|e| e.endpoint).as_deref(),
+            Some("http://c:4318/v1/traces")
+        );
+        let exact = OtlpExport::from_lookup(env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://c:4318/custom",
+        )]));
+        assert_eq!(
+            exact.ok().flatten().map(|e| e.endpoint).as_deref(),
+            Some("http://c:4318/custom")
+        );
+        let off = OtlpExport::from_lookup(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ]));
+        assert!(matches!(off, Ok(None)));
+        for refused in [
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ][..],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")][..],
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ][..],
+        ] {
+            let pairs: Vec<(&str, &str)> = refused.to_vec();
+            let result = OtlpExport::from_lookup(|key| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| (*v).to_owned())
+            });
+            assert!(result.is_err(), "{pairs:?} should be refused");
+        }
+    }
+}

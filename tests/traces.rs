@@ -1,0 +1,312 @@
+//! Traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, a host exports each request's spans over
+//! OTLP/HTTP. A receiver in the test decodes them with the OpenTelemetry protobuf types.
+
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use plinth_tests::backend::Backend;
+use plinth_tests::otlp::{Receiver, hex};
+use plinth_tests::{PluginsDir, TestHost, json_body, request_id};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+fn traceparent() -> String {
+    format!("00-{TRACE_ID}-{CLIENT_SPAN_ID}-01")
+}
+
+fn traced_host(receiver: &Receiver) -> plinth_tests::HostBuilder {
+    TestHost::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
+        // Export every 50 ms instead of every 5 s.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+}
+
+fn attribute(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .map(|value| match value {
+            AnyValue::StringValue(s) => s.clone(),
+            AnyValue::IntValue(i) => i.to_string(),
+            AnyValue::BoolValue(b) => b.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+fn children<'a>(spans: &'a [Span], parent: &Span) -> Vec<&'a Span> {
+    spans
+        .iter()
+        .filter(|s| s.parent_span_id == parent.span_id)
+        .collect()
+}
+
+fn named<'a>(spans: &[&'a Span], name: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| s.name == name)
+        .copied()
+        .unwrap_or_else(|| {
+            let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+            panic!("no span `{name}` among {names:?}")
+        })
+}
+
+#[tokio::test]
+async fn a_request_is_one_trace_under_the_incoming_traceparent() {
+    let receiver = Receiver::start().await;
+    let plugins = PluginsDir::with(&["auth", "users"]);
+    let host = traced_host(&receiver)
+        .backend(&Backend::sqlite())
+        .with_root()
+        .start(&plugins);
+    let root = host.root_tokens().await;
+
+    let response = host
+        .client
+        .get(host.url("/api/v1/users/me"))
+        .bearer_auth(&root.access)
+        .header("traceparent", traceparent())
+        .send()
+        .await
+        .expect("GET /users/me");
+    assert_eq!(response.status(), 200);
+    let id = request_id(&response);
+
+    let spans = receiver
+        .wait_for_trace(TRACE_ID, |spans| {
+            spans
+                .iter()
+                .any(|s| s.name == "sql.query-read" || s.name == "sql.query")
+        })
+        .await;
+    let server = named(&spans.iter().collect::<Vec<_>>(), "GET /api/v1/users/me");
+    assert_eq!(server.kind, SpanKind::Server as i32);
+    assert_eq!(
+        hex(&server.parent_span_id),
+        CLIENT_SPAN_ID,
+        "child of the client's span"
+    );
+    assert_eq!(
+        attribute(server, "http.route").as_deref(),
+        Some("/api/v1/users/me")
+    );
+    assert_eq!(
+        attribute(server, "http.request.method").as_deref(),
+        Some("GET")
+    );
+    assert_eq!(
+        attribute(server, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(attribute(server, "plinth.plugin").as_deref(), Some("users"));
+
+    let steps = children(&spans, server);
+    for step in [
+        "route match",
+        "authenticate",
+        "admission wait",
+        "instantiate",
+        "guest call",
+    ] {
+        let span = named(&steps, step);
+        assert!(
+            span.start_time_unix_nano >= server.start_time_unix_nano
+                && span.end_time_unix_nano <= server.end_time_unix_nano,
+            "`{step}` lies within the request"
+        );
+    }
+    let guest = named(&steps, "guest call");
+    assert_eq!(attribute(guest, "plinth.plugin").as_deref(), Some("users"));
+    let host_calls = children(&spans, guest);
+    let query = host_calls
+        .iter()
+        .find(|s| s.name.starts_with("sql.query"))
+        .unwrap_or_else(|| panic!("no SQL host call under the guest call: {host_calls:?}"));
+    assert_eq!(
+        attribute(query, "db.system.name").as_deref(),
+        Some("sqlite")
+    );
+    assert_eq!(
+        attribute(query, "db.operation.name").as_deref(),
+        Some("SELECT")
+    );
+    assert_eq!(
+        attribute(query, "db.collection.name").as_deref(),
+        Some("users")
+    );
+    assert_eq!(
+        attribute(query, "plinth.host_call.interface").as_deref(),
+        Some("sql")
+    );
+    assert!(
+        spans.iter().all(|s| hex(&s.trace_id) == TRACE_ID),
+        "one trace"
+    );
+    assert_eq!(
+        receiver.resource_attribute("service.name").as_deref(),
+        Some("plinth")
+    );
+
+    // Every line of the request names the trace, the access line included.
+    let access = host.wait_for_log(|l| {
+        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
+    });
+    assert_eq!(access["span"]["trace_id"], TRACE_ID, "{access}");
+}
+
+#[tokio::test]
+async fn no_secret_or_value_reaches_a_span() {
+    let receiver = Receiver::start().await;
+    let plugins = PluginsDir::with(&["auth", "users"]);
+    let host = traced_host(&receiver)
+        .backend(&Backend::sqlite())
+        .start(&plugins);
+    let (_, tokens) = host.user("tracy").await;
+    let me = host.get_as("/api/v1/users/me", &tokens.access).await;
+    me.expect(200, None);
+    host.post_json(
+        "/api/v1/auth/refresh",
+        serde_json::json!({"refresh_token": tokens.refresh}),
+    )
+    .await
+    .expect(200, None);
+
+    // The login's trace has a password check among its host calls.
+    receiver
+        .wait_for(|spans| spans.iter().any(|s| s.name == "passwords.verify"))
+        .await;
+    let spans = receiver
+        .wait_for(|spans| {
+            spans
+                .iter()
+                .filter(|s| s.kind == SpanKind::Server as i32)
+                .count()
+                >= 4
+        })
+        .await;
+    assert!(
+        spans.iter().any(|s| s.name == "passwords.hash"),
+        "registration hashes"
+    );
+    let secrets = [
+        "password-tracy".to_owned(),
+        "tracy@example.com".to_owned(),
+        tokens.access.clone(),
+        tokens.refresh.clone(),
+    ];
+    for span in &spans {
+        for kv in &span.attributes {
+            let value = format!("{:?}", kv.value);
+            for secret in &secrets {
+                assert!(
+                    !value.contains(secret.as_str()),
+                    "span `{}` attribute {} carries {secret:?}",
+                    span.name,
+                    kv.key
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_is_given_the_servers_traceparent_and_lines_name_a_new_trace() {
+    let receiver = Receiver::start().await;
+    let plugins = PluginsDir::with(&["nosy"]);
+    let host = traced_host(&receiver).start(&plugins);
+
+    // Under a client's trace: the plugin sees the same trace, with the host's span as parent.
+    let response = host
+        .client
+        .get(host.url("/nosy/headers"))
+        .header("traceparent", traceparent())
+        .send()
+        .await
+        .expect("GET /nosy/headers");
+    let seen = json_body(response).await;
+    let given = seen["traceparent"]
+        .as_str()
+        .expect("a traceparent for the plugin");
+    let spans = receiver
+        .wait_for_trace(TRACE_ID, |spans| {
+            spans.iter().any(|s| s.name == "GET /nosy/headers")
+        })
+        .await;
+    let server = named(&spans.iter().collect::<Vec<_>>(), "GET /nosy/headers");
+    assert_eq!(given, format!("00-{TRACE_ID}-{}-01", hex(&server.span_id)));
+
+    // Without one: a new trace, named in the access line.
+    let response = host.get("/nosy/headers").await;
+    let id = request_id(&response);
+    let seen = json_body(response).await;
+    let given = seen["traceparent"]
+        .as_str()
+        .expect("a traceparent for the plugin");
+    let access = host.wait_for_log(|l| {
+        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
+    });
+    let trace_id = access["span"]["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_owned();
+    assert_ne!(trace_id, TRACE_ID);
+    assert!(given.contains(&trace_id), "{given} names {trace_id}");
+    let spans = receiver
+        .wait_for_trace(&trace_id, |spans| !spans.is_empty())
+        .await;
+    let server = named(&spans.iter().collect::<Vec<_>>(), "GET /nosy/headers");
+    assert!(server.parent_span_id.is_empty(), "a root span");
+}
+
+#[tokio::test]
+async fn without_an_endpoint_nothing_is_traced_and_traceparent_passes_through() {
+    let plugins = PluginsDir::with(&["nosy"]);
+    let host = TestHost::start(&plugins);
+    let response = host
+        .client
+        .get(host.url("/nosy/headers"))
+        .header("traceparent", traceparent())
+        .send()
+        .await
+        .expect("GET /nosy/headers");
+    let id = request_id(&response);
+    let seen = json_body(response).await;
+    assert_eq!(seen["traceparent"], traceparent().as_str());
+    let access = host.wait_for_log(|l| {
+        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
+    });
+    assert!(access["span"].get("trace_id").is_none(), "{access}");
+}
+
+#[tokio::test]
+async fn an_unreachable_collector_is_reported_and_requests_go_on() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    let plugins = PluginsDir::with(&["hello"]);
+    let host = TestHost::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{closed}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .start(&plugins);
+    for _ in 0..3 {
+        assert_eq!(host.get("/hello/otel").await.status(), 200);
+    }
+    let line = host.wait_for_log(|l| {
+        l["target"] == "opentelemetry_sdk" && l["name"] == "BatchSpanProcessor.ExportError"
+    });
+    assert_eq!(line["level"], "ERROR", "{line}");
+}
+
+#[test]
+fn a_configuration_this_build_cannot_export_is_refused_at_start() {
+    let plugins = PluginsDir::with(&["hello"]);
+    let (status, output) = TestHost::builder()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .start_expecting_failure(&plugins);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("http/protobuf"), "{output}");
+}
