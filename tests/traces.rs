@@ -10,6 +10,8 @@ use plinth_tests::{PluginsDir, TestHost, json_body, request_id};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN_ID: &str = "00f067aa0ba902b7";
+/// Span times are wall-clock times (nanoseconds since the epoch).
+const CLOCK_SLACK_NS: u64 = 1_000_000;
 
 fn traceparent() -> String {
     format!("00-{TRACE_ID}-{CLIENT_SPAN_ID}-01")
@@ -111,10 +113,15 @@ async fn a_request_is_one_trace_under_the_incoming_traceparent() {
         "guest call",
     ] {
         let span = named(&steps, step);
+        // Wall-clock times: allow a millisecond for the clock being adjusted meanwhile.
         assert!(
-            span.start_time_unix_nano >= server.start_time_unix_nano
-                && span.end_time_unix_nano <= server.end_time_unix_nano,
-            "`{step}` lies within the request"
+            span.start_time_unix_nano + CLOCK_SLACK_NS >= server.start_time_unix_nano
+                && span.end_time_unix_nano <= server.end_time_unix_nano + CLOCK_SLACK_NS,
+            "`{step}` ({}..{}) lies within the request ({}..{})",
+            span.start_time_unix_nano,
+            span.end_time_unix_nano,
+            server.start_time_unix_nano,
+            server.end_time_unix_nano,
         );
     }
     let guest = named(&steps, "guest call");
@@ -212,7 +219,7 @@ async fn no_secret_or_value_reaches_a_span() {
 }
 
 #[tokio::test]
-async fn a_plugin_is_given_the_servers_traceparent_and_lines_name_a_new_trace() {
+async fn a_plugin_is_given_the_servers_traceparent_and_the_callers_sampling_is_followed() {
     let receiver = Receiver::start().await;
     let plugins = PluginsDir::with(&["nosy"]);
     let host = traced_host(&receiver).start(&plugins);
@@ -258,6 +265,50 @@ async fn a_plugin_is_given_the_servers_traceparent_and_lines_name_a_new_trace() 
         .await;
     let server = named(&spans.iter().collect::<Vec<_>>(), "GET /nosy/headers");
     assert!(server.parent_span_id.is_empty(), "a root span");
+
+    // A caller that does not sample: its decision is followed and passed on, nothing of
+    // its trace is exported, and its lines still name the trace.
+    const UNSAMPLED: &str = "0af7651916cd43dd8448eb211c80319c";
+    let response = host
+        .client
+        .get(host.url("/nosy/headers"))
+        .header("traceparent", format!("00-{UNSAMPLED}-b7ad6b7169203331-00"))
+        .send()
+        .await
+        .expect("GET /nosy/headers");
+    let id = request_id(&response);
+    let seen = json_body(response).await;
+    let given = seen["traceparent"]
+        .as_str()
+        .expect("a traceparent for the plugin");
+    assert!(
+        given.starts_with(&format!("00-{UNSAMPLED}-")) && given.ends_with("-00"),
+        "{given}"
+    );
+    let access = host.wait_for_log(|l| {
+        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
+    });
+    assert_eq!(access["span"]["trace_id"], UNSAMPLED);
+    // A sampled request after it is exported; by then the unsampled one would have been.
+    let response = host.get("/nosy/headers").await;
+    let id = request_id(&response);
+    let access = host.wait_for_log(|l| {
+        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
+    });
+    let last = access["span"]["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_owned();
+    receiver
+        .wait_for_trace(&last, |spans| !spans.is_empty())
+        .await;
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .all(|s| hex(&s.trace_id) != UNSAMPLED),
+        "an unsampled trace was exported"
+    );
 }
 
 #[tokio::test]

@@ -91,7 +91,8 @@ pub async fn handle(
     let mut response = match preflight {
         Some(preflight) => preflight,
         None => {
-            let mut response = dispatch(&state, request, client, &request_id, &mut outcome)
+            let work = dispatch(&state, request, client, &request_id, &mut outcome);
+            let mut response = traces::within(&server_span, work)
                 .instrument(server_span.clone())
                 .instrument(span.clone())
                 .await;

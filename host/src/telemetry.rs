@@ -70,11 +70,23 @@ pub fn init(
         .transpose()?;
     // `try_init` so that embedding the host where a subscriber is already set works.
     let installed = match &exporter {
-        // The filter applies to everything: spans no line would name are never created.
-        None => tracing_subscriber::registry()
-            .with(filter)
-            .with(lines(format, writer))
-            .try_init(),
+        // Without traces, exactly the subscriber the host had before traces existed: the
+        // filter applies to everything (spans no line would name are never created) and
+        // the line layer is not boxed (measured: a boxed one cost /hello/x a few percent).
+        None => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(std::io::stdout().is_terminal());
+            match format {
+                LogFormat::Pretty => builder.try_init().is_ok(),
+                LogFormat::Json => builder
+                    .fmt_fields(JsonSpanFields)
+                    .event_format(JsonLines)
+                    .try_init()
+                    .is_ok(),
+            }
+        }
         // Each layer its own filter: the trace's spans stay out of log lines, and the
         // log level does not decide what is traced.
         Some(exporter) => {
@@ -84,9 +96,9 @@ pub fn init(
                 .with(lines(format, writer).with_filter(filter.and(not_traced)))
                 .with(exporter.layer())
                 .try_init()
+                .is_ok()
         }
     };
-    let installed = installed.is_ok();
     Ok(LogGuard {
         _traces: exporter.filter(|_| installed),
         _writer: installed.then_some(guard),

@@ -4,7 +4,8 @@
 //! set; then the standard variables apply (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 //! `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`, ...). Off, no
 //! span below is created: each call site checks [`enabled`] first and takes
-//! [`tracing::Span::none`], so the request path allocates nothing for tracing.
+//! [`tracing::Span::none`], so the request path allocates nothing for tracing. On, a
+//! request the sampler leaves out gets its server span only (for its trace id).
 //!
 //! One request's trace:
 //!
@@ -52,11 +53,32 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// A span of the trace (target [`TARGET`]) when traces are on, otherwise
-/// [`Span::none`] without touching the subscriber.
+tokio::task_local! {
+    /// Whether the request being served is sampled: set around the request's work, so
+    /// the spans below its server span are made only when they will be exported.
+    static SAMPLED: bool;
+}
+
+/// Whether the current request's trace is exported (false outside a traced request).
+pub fn sampled() -> bool {
+    enabled() && SAMPLED.try_with(|sampled| *sampled).unwrap_or(false)
+}
+
+/// Runs `work` (a request's) with its sampling decision known to [`trace_span!`].
+pub async fn within<F: std::future::Future>(server: &Span, work: F) -> F::Output {
+    if !enabled() || server.is_none() {
+        return work.await;
+    }
+    let sampled = server.context().span().span_context().is_sampled();
+    SAMPLED.scope(sampled, work).await
+}
+
+/// A span of the trace (target [`TARGET`]) when the current request is traced and
+/// sampled, otherwise [`Span::none`] without touching the subscriber: an unsampled request
+/// costs its server span only.
 macro_rules! trace_span {
     ($name:literal $(, $($fields:tt)*)?) => {
-        if $crate::telemetry::traces::enabled() {
+        if $crate::telemetry::traces::sampled() {
             tracing::info_span!(target: "plinth::otel", $name $(, $($fields)*)?)
         } else {
             tracing::Span::none()
