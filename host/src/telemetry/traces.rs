@@ -252,10 +252,13 @@ pub fn finish(server: &Span, answered: Answered<'_>) {
     if server.is_none() {
         return;
     }
+    let context = server.context();
+    if !context.span().span_context().is_sampled() {
+        return; // not exported: nothing to say
+    }
     if let Some(route) = answered.route {
         server.set_attribute("http.route", route.to_owned());
-        server
-            .context()
+        context
             .span()
             .update_name(format!("{} {route}", answered.method));
     }
