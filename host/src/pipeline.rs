@@ -297,6 +297,11 @@ async fn dispatch(
         Err(unavailable) => return error_response(unavailable.into()),
     };
     let mut response = if decision.is_some_and(|d| !d.allowed) {
+        // Logged and measured under the route it was refused for (the plugin never ran).
+        outcome.route = match &resolved {
+            Ok(matched) => Some(matched.target.pattern.clone()),
+            Err(_) => admin::route_template(request.uri().path()).map(Arc::from),
+        };
         error_response(ApiError::RateLimited)
     } else if request.uri().path().starts_with("/admin/") {
         // Reserved for the host (no manifest may claim it), limited like every route.
