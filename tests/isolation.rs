@@ -316,10 +316,7 @@ async fn a_plugin_logging_in_a_loop_while_stdout_stalls_loses_only_its_own_lines
             .await
             .unwrap_or_else(|_| panic!("GET {path} not answered within {PROMPTLY:?}"));
         assert_eq!(response.status(), 200, "GET {path}");
-        let id = response.headers()["x-request-id"]
-            .to_str()
-            .expect("request id")
-            .to_owned();
+        let id = plinth_tests::request_id(&response);
         response.bytes().await.expect("body");
         assert!(
             started.elapsed() < PROMPTLY,
@@ -338,12 +335,7 @@ async fn a_plugin_logging_in_a_loop_while_stdout_stalls_loses_only_its_own_lines
                 for _ in 0..CHATTY_REQUESTS / 4 {
                     let response = host.get("/bigbody/chatty/5000").await;
                     assert_eq!(response.status(), 200);
-                    ids.push(
-                        response.headers()["x-request-id"]
-                            .to_str()
-                            .expect("request id")
-                            .to_owned(),
-                    );
+                    ids.push(plinth_tests::request_id(&response));
                 }
                 ids
             })
