@@ -91,7 +91,14 @@ pub async fn handle(
     let mut response = match preflight {
         Some(preflight) => preflight,
         None => {
-            let work = dispatch(&state, request, client, &request_id, &mut outcome);
+            let work = dispatch(
+                &state,
+                request,
+                client,
+                &request_id,
+                &server_span,
+                &mut outcome,
+            );
             let mut response = traces::within(&server_span, work)
                 .instrument(server_span.clone())
                 .instrument(span.clone())
@@ -262,6 +269,7 @@ async fn dispatch(
     request: Request<Incoming>,
     client: std::net::IpAddr,
     request_id: &str,
+    server_span: &tracing::Span,
     outcome: &mut Outcome,
 ) -> Response<Body> {
     if let Some(response) = platform_endpoint(state, request.method(), request.uri().path()).await {
@@ -316,7 +324,7 @@ async fn dispatch(
         .unwrap_or_else(error_response)
     } else {
         match resolved {
-            Ok(matched) => serve(state, request, matched, request_id, outcome)
+            Ok(matched) => serve(state, request, matched, request_id, server_span, outcome)
                 .await
                 .unwrap_or_else(error_response),
             Err(err) => error_response(err),
@@ -334,6 +342,7 @@ async fn serve(
     request: Request<Incoming>,
     matched: RouteMatch<'_>,
     request_id: &str,
+    server_span: &tracing::Span,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, ApiError> {
     let RouteMatch { target, params } = matched;
@@ -372,7 +381,7 @@ async fn serve(
         request_id: request_id.to_owned(),
         principal,
     };
-    traces::propagate(&tracing::Span::current(), &mut guest_request.headers);
+    traces::propagate(server_span, &mut guest_request.headers);
 
     let guest_response = target
         .plugin

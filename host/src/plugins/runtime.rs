@@ -661,6 +661,7 @@ impl ReadyComponent {
             ),
             None => {
                 let slot = tokio::time::timeout(SLOT_WAIT, self.slots.clone().acquire_owned())
+                    .instrument(trace_span!("instance slot wait"))
                     .await
                     .map_err(|_| {
                         PluginFailure::Overloaded("no instance slot freed in time".into())

@@ -115,18 +115,20 @@ impl OtlpExport {
             (None, Some(base)) => format!("{}/v1/traces", base.trim().trim_end_matches('/')),
             (None, None) => return Ok(None),
         };
-        for key in [
+        // The per-signal variable wins over the general one.
+        let protocol = [
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ] {
-            if let Some(protocol) = get(key)
-                && protocol.trim() != "http/protobuf"
-            {
-                bail!(
-                    "{key}={protocol} is not supported: Plinth exports OTLP over HTTP with \
-                     protobuf (http/protobuf, usually port 4318)"
-                );
-            }
+        ]
+        .into_iter()
+        .find_map(|key| get(key).map(|value| (key, value)));
+        if let Some((key, protocol)) = protocol
+            && protocol.trim() != "http/protobuf"
+        {
+            bail!(
+                "{key}={protocol} is not supported: Plinth exports OTLP over HTTP with \
+                 protobuf (http/protobuf, usually port 4318)"
+            );
         }
         let uri: http::Uri = endpoint
             .parse()
@@ -177,9 +179,15 @@ impl Exporter {
             .with_threads(false)
             .with_tracked_inactivity(false)
             .with_target(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                meta.is_span() && meta.target() == TARGET
-            }))
+            .with_filter(
+                tracing_subscriber::filter::filter_fn(|meta| {
+                    meta.is_span() && meta.target() == TARGET
+                })
+                // Its spans are INFO: without the hint the global maximum would become
+                // TRACE, and every `log::trace!` of wasmtime's would be formatted to be
+                // filtered out.
+                .with_max_level_hint(tracing::level_filters::LevelFilter::INFO),
+            )
     }
 }
 
@@ -310,15 +318,48 @@ pub fn describe_statement(span: &Span, backend: &'static str, statement: &str) {
     }
 }
 
-/// A statement's first keyword (upper case) and the first table it names after `FROM`,
-/// `INTO`, `UPDATE` or `JOIN`. String literals and quoted identifiers' contents are
-/// skipped, and only a plain identifier counts as a table, so no value can come out.
+/// Statement kinds reported by name; any other first word is reported as `OTHER` (a
+/// plugin passing text through as SQL must not export its first word).
+const OPERATIONS: &[&str] = &[
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "WITH",
+    "VALUES",
+    "BEGIN",
+    "COMMIT",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "RELEASE",
+    "CREATE",
+    "ALTER",
+    "DROP",
+    "TRUNCATE",
+    "EXPLAIN",
+    "PRAGMA",
+    "REPLACE",
+    "SET",
+    "SHOW",
+];
+
+/// A statement's operation (its first keyword, from [`OPERATIONS`], else `OTHER`) and the
+/// first table it names after `FROM`, `INTO`, `UPDATE` or `JOIN`.
+///
+/// What could make a value look like a word gives no table at all: a string literal or
+/// quoted identifier left open, PostgreSQL's escape strings and dollar quoting, block
+/// comments. A table must be a plain identifier (`name` or `schema.name`, not starting
+/// with a digit).
 pub fn statement_summary(statement: &str) -> (Option<String>, Option<String>) {
-    let words = sql_words(statement);
-    let operation = words
-        .first()
-        .filter(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
-        .map(|w| w.to_ascii_uppercase());
+    let Some(words) = sql_words(statement) else {
+        return (Some("OTHER".to_owned()), None);
+    };
+    let operation = words.first().map(|word| {
+        OPERATIONS
+            .iter()
+            .find(|op| word.eq_ignore_ascii_case(op))
+            .map_or_else(|| "OTHER".to_owned(), |op| (*op).to_owned())
+    });
     let table = words
         .windows(2)
         .find(|pair| {
@@ -327,37 +368,64 @@ pub fn statement_summary(statement: &str) -> (Option<String>, Option<String>) {
                 .any(|k| pair[0].eq_ignore_ascii_case(k))
         })
         .map(|pair| pair[1])
-        .filter(|t| !t.is_empty() && t.bytes().all(is_word_byte))
+        .filter(|t| is_identifier(t))
         .map(str::to_owned);
     (operation, table)
 }
 
+/// `name` or `schema.name`, each part `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_identifier(text: &str) -> bool {
+    let mut parts = 0;
+    for part in text.split('.') {
+        parts += 1;
+        let mut bytes = part.bytes();
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+        if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return false;
+        }
+    }
+    parts <= 2
+}
+
 /// The tokens of a statement: runs of identifier characters, a double-quoted identifier's
 /// content, and `""` for anything else but white space (a literal, a parenthesis, an
-/// operator), so that a keyword's neighbour is really the next token.
-fn sql_words(statement: &str) -> Vec<&str> {
+/// operator), so that a keyword's neighbour is really the next token. `None` when the
+/// statement uses anything this reading cannot be sure of (see [`statement_summary`]).
+fn sql_words(statement: &str) -> Option<Vec<&str>> {
     let bytes = statement.as_bytes();
     let mut words = Vec::new();
     let mut i = 0;
     while i < bytes.len() && words.len() < 256 {
         match bytes[i] {
             b'\'' => {
-                i = skip_past(bytes, i + 1, b'\'');
+                // `E'..\'..'` escape strings can hide a quote: give up on a backslash.
+                let end = closing(bytes, i + 1, b'\'')?;
+                if bytes[i + 1..end].contains(&b'\\') {
+                    return None;
+                }
                 words.push("");
+                i = end + 1;
             }
             b'"' => {
-                let end = skip_past(bytes, i + 1, b'"');
-                words.push(&statement[i + 1..end.saturating_sub(1).max(i + 1)]);
-                i = end;
+                let end = closing(bytes, i + 1, b'"')?;
+                words.push(statement.get(i + 1..end)?);
+                i = end + 1;
             }
-            b'-' if bytes.get(i + 1) == Some(&b'-') => i = skip_past(bytes, i, b'\n'),
+            // Dollar quoting (`$$..$$`, `$tag$..$tag$`); `$1` is a parameter.
+            b'$' if !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => return None,
+            b'/' if bytes.get(i + 1) == Some(&b'*') => return None,
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                i = closing(bytes, i, b'\n').map_or(bytes.len(), |end| end + 1);
+            }
             c if c.is_ascii_whitespace() => i += 1,
             c if is_word_byte(c) => {
                 let start = i;
                 while i < bytes.len() && is_word_byte(bytes[i]) {
                     i += 1;
                 }
-                words.push(&statement[start..i]);
+                words.push(statement.get(start..i)?);
             }
             _ => {
                 words.push("");
@@ -365,19 +433,20 @@ fn sql_words(statement: &str) -> Vec<&str> {
             }
         }
     }
-    words
+    Some(words)
 }
 
 fn is_word_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'.')
 }
 
-/// The index just past the next `end` byte at or after `from` (or the end).
-fn skip_past(bytes: &[u8], from: usize, end: u8) -> usize {
-    bytes[from.min(bytes.len())..]
+/// The index of the next `end` byte at or after `from`; `None` when it never comes.
+fn closing(bytes: &[u8], from: usize, end: u8) -> Option<usize> {
+    bytes
+        .get(from..)?
         .iter()
         .position(|&b| b == end)
-        .map_or(bytes.len(), |p| from + p + 1)
+        .map(|p| from + p)
 }
 
 #[cfg(test)]
@@ -420,10 +489,44 @@ mod tests {
 
     #[test]
     fn a_literal_never_becomes_a_table() {
-        let (_, table) = statement_summary("SELECT * FROM 'secret value'");
-        assert_eq!(table, None);
-        let (_, table) = statement_summary("SELECT * FROM (SELECT 1)");
-        assert_eq!(table, None);
+        for statement in [
+            "SELECT * FROM 'secret value'",
+            "SELECT * FROM (SELECT 1)",
+            "SELECT substring(x FROM 5) FROM t",
+            "SELECT 1 WHERE a IS DISTINCT FROM 4111111111111111",
+            "/* it's */ SELECT 1 WHERE a=' FROM hunter2'",
+            "SELECT E'it\\'s FROM hunter2' FROM t",
+            "SELECT $$ FROM hunter2 $$",
+            "SELECT $tag$ FROM hunter2 $tag$",
+            "SELECT 1 FROM \"unclosed é",
+            "SELECT 'unclosed FROM hunter2",
+        ] {
+            let (_, table) = statement_summary(statement);
+            assert!(
+                table.is_none() || table.as_deref() == Some("t"),
+                "{statement}: {table:?}"
+            );
+            assert_ne!(table.as_deref(), Some("hunter2"), "{statement}");
+        }
+    }
+
+    #[test]
+    fn odd_input_never_panics_and_unknown_operations_are_other() {
+        for statement in [
+            "\"é",
+            "'é",
+            "\"",
+            "'",
+            "$",
+            "--",
+            "é FROM é",
+            "",
+            "SELECT \"é",
+        ] {
+            let _ = statement_summary(statement);
+        }
+        let (operation, _) = statement_summary("hunter2 FROM users");
+        assert_eq!(operation.as_deref(), Some("OTHER"));
     }
 
     #[test]
@@ -436,7 +539,7 @@ mod tests {
                     .map(|(_, v)| (*v).to_owned())
             }
         };
-        assert_eq!(OtlpExport::from_lookup(env(&[])).unwrap_or(None), None);
+        assert!(matches!(OtlpExport::from_lookup(env(&[])), Ok(None)));
         let on = OtlpExport::from_lookup(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]));
         assert_eq!(
             on.ok().flatten().map(|e| e.endpoint).as_deref(),
