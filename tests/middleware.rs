@@ -188,9 +188,7 @@ async fn the_limit_is_counted_exactly_with_headers_on_every_response() {
     assert_eq!(refused.status(), 429);
     // The refusal is logged (and measured) under the route it was refused for.
     let id = plinth_tests::request_id(&refused);
-    let line = host.wait_for_log(|l| {
-        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
-    });
+    let line = host.access_line(&id);
     assert_eq!(line["route"], "/hello/{name}", "{line}");
     assert_eq!(line["status"], 429);
     assert_eq!(header_u64(&refused, "ratelimit-remaining"), 0);

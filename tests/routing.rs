@@ -179,9 +179,7 @@ async fn a_sane_client_request_id_is_echoed_and_logged() {
     assert_eq!(response.headers()["x-request-id"], "client-id-42");
 
     // The access line and the plugin's own log line both carry it.
-    let access = host.wait_for_log(|l| {
-        l["target"] == "plinth::access" && l["span"]["request_id"] == "client-id-42"
-    });
+    let access = host.access_line("client-id-42");
     assert_eq!(access["status"], 200);
     assert_eq!(access["route"], "/hello/{name}");
     assert_eq!(access["plugin"], "hello");

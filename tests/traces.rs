@@ -17,6 +17,16 @@ fn traceparent() -> String {
     format!("00-{TRACE_ID}-{CLIENT_SPAN_ID}-01")
 }
 
+/// `GET path` sending `traceparent`.
+async fn get_traced(host: &TestHost, path: &str, traceparent: &str) -> reqwest::Response {
+    host.client
+        .get(host.url(path))
+        .header("traceparent", traceparent)
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+}
+
 fn traced_host(receiver: &Receiver) -> plinth_tests::HostBuilder {
     TestHost::builder()
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url())
@@ -35,6 +45,18 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
             AnyValue::BoolValue(b) => b.to_string(),
             other => format!("{other:?}"),
         })
+}
+
+/// Asserts each `(key, value)` is an attribute of `span`, as text.
+fn assert_attributes(span: &Span, expected: &[(&str, &str)]) {
+    for (key, value) in expected {
+        assert_eq!(
+            attribute(span, key).as_deref(),
+            Some(*value),
+            "`{}` attribute {key}",
+            span.name
+        );
+    }
 }
 
 fn children<'a>(spans: &'a [Span], parent: &Span) -> Vec<&'a Span> {
@@ -90,19 +112,15 @@ async fn a_request_is_one_trace_under_the_incoming_traceparent() {
         CLIENT_SPAN_ID,
         "child of the client's span"
     );
-    assert_eq!(
-        attribute(server, "http.route").as_deref(),
-        Some("/api/v1/users/me")
+    assert_attributes(
+        server,
+        &[
+            ("http.route", "/api/v1/users/me"),
+            ("http.request.method", "GET"),
+            ("http.response.status_code", "200"),
+            ("plinth.plugin", "users"),
+        ],
     );
-    assert_eq!(
-        attribute(server, "http.request.method").as_deref(),
-        Some("GET")
-    );
-    assert_eq!(
-        attribute(server, "http.response.status_code").as_deref(),
-        Some("200")
-    );
-    assert_eq!(attribute(server, "plinth.plugin").as_deref(), Some("users"));
 
     let steps = children(&spans, server);
     for step in [
@@ -133,20 +151,18 @@ async fn a_request_is_one_trace_under_the_incoming_traceparent() {
         .find(|s| s.name.starts_with("sql.query"))
         .unwrap_or_else(|| panic!("no SQL host call under the guest call: {host_calls:?}"));
     assert_eq!(
-        attribute(query, "db.system.name").as_deref(),
-        Some("sqlite")
+        Some(query.name.clone()),
+        attribute(query, "plinth.host_call.function").map(|f| format!("sql.{f}")),
+        "a host call's span is named by its interface and function"
     );
-    assert_eq!(
-        attribute(query, "db.operation.name").as_deref(),
-        Some("SELECT")
-    );
-    assert_eq!(
-        attribute(query, "db.collection.name").as_deref(),
-        Some("users")
-    );
-    assert_eq!(
-        attribute(query, "plinth.host_call.interface").as_deref(),
-        Some("sql")
+    assert_attributes(
+        query,
+        &[
+            ("db.system.name", "sqlite"),
+            ("db.operation.name", "SELECT"),
+            ("db.collection.name", "users"),
+            ("plinth.host_call.interface", "sql"),
+        ],
     );
     assert!(
         spans.iter().all(|s| hex(&s.trace_id) == TRACE_ID),
@@ -158,9 +174,7 @@ async fn a_request_is_one_trace_under_the_incoming_traceparent() {
     );
 
     // Every line of the request names the trace, the access line included.
-    let access = host.wait_for_log(|l| {
-        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
-    });
+    let access = host.access_line(&id);
     assert_eq!(access["span"]["trace_id"], TRACE_ID, "{access}");
 }
 
@@ -226,13 +240,7 @@ async fn a_plugin_is_given_the_servers_traceparent_and_the_callers_sampling_is_f
     let host = traced_host(&receiver).start(&plugins);
 
     // Under a client's trace: the plugin sees the same trace, with the host's span as parent.
-    let response = host
-        .client
-        .get(host.url("/nosy/headers"))
-        .header("traceparent", traceparent())
-        .send()
-        .await
-        .expect("GET /nosy/headers");
+    let response = get_traced(&host, "/nosy/headers", &traceparent()).await;
     let seen = json_body(response).await;
     let given = seen["traceparent"]
         .as_str()
@@ -252,9 +260,7 @@ async fn a_plugin_is_given_the_servers_traceparent_and_the_callers_sampling_is_f
     let given = seen["traceparent"]
         .as_str()
         .expect("a traceparent for the plugin");
-    let access = host.wait_for_log(|l| {
-        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
-    });
+    let access = host.access_line(&id);
     let trace_id = access["span"]["trace_id"]
         .as_str()
         .expect("a trace id")
@@ -272,13 +278,12 @@ async fn a_plugin_is_given_the_servers_traceparent_and_the_callers_sampling_is_f
     // A caller that does not sample: its decision is followed and passed on, nothing of
     // its trace is exported, and its lines still name the trace.
     const UNSAMPLED: &str = "0af7651916cd43dd8448eb211c80319c";
-    let response = host
-        .client
-        .get(host.url("/nosy/headers"))
-        .header("traceparent", format!("00-{UNSAMPLED}-b7ad6b7169203331-00"))
-        .send()
-        .await
-        .expect("GET /nosy/headers");
+    let response = get_traced(
+        &host,
+        "/nosy/headers",
+        &format!("00-{UNSAMPLED}-b7ad6b7169203331-00"),
+    )
+    .await;
     let id = request_id(&response);
     let seen = json_body(response).await;
     let given = seen["traceparent"]
@@ -288,16 +293,12 @@ async fn a_plugin_is_given_the_servers_traceparent_and_the_callers_sampling_is_f
         given.starts_with(&format!("00-{UNSAMPLED}-")) && given.ends_with("-00"),
         "{given}"
     );
-    let access = host.wait_for_log(|l| {
-        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
-    });
+    let access = host.access_line(&id);
     assert_eq!(access["span"]["trace_id"], UNSAMPLED);
     // A sampled request after it is exported; by then the unsampled one would have been.
     let response = host.get("/nosy/headers").await;
     let id = request_id(&response);
-    let access = host.wait_for_log(|l| {
-        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
-    });
+    let access = host.access_line(&id);
     let last = access["span"]["trace_id"]
         .as_str()
         .expect("a trace id")
@@ -318,19 +319,11 @@ async fn a_plugin_is_given_the_servers_traceparent_and_the_callers_sampling_is_f
 async fn without_an_endpoint_nothing_is_traced_and_traceparent_passes_through() {
     let plugins = PluginsDir::with(&["nosy"]);
     let host = TestHost::start(&plugins);
-    let response = host
-        .client
-        .get(host.url("/nosy/headers"))
-        .header("traceparent", traceparent())
-        .send()
-        .await
-        .expect("GET /nosy/headers");
+    let response = get_traced(&host, "/nosy/headers", &traceparent()).await;
     let id = request_id(&response);
     let seen = json_body(response).await;
     assert_eq!(seen["traceparent"], traceparent().as_str());
-    let access = host.wait_for_log(|l| {
-        l["target"] == "plinth::access" && l["span"]["request_id"] == id.as_str()
-    });
+    let access = host.access_line(&id);
     assert!(access["span"].get("trace_id").is_none(), "{access}");
 }
 

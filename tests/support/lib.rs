@@ -388,6 +388,13 @@ impl TestHost {
             .collect()
     }
 
+    /// The `plinth::access` line of the request whose `X-Request-Id` was `request_id`.
+    pub fn access_line(&self, request_id: &str) -> serde_json::Value {
+        self.wait_for_log(|l| {
+            l["target"] == "plinth::access" && l["span"]["request_id"] == request_id
+        })
+    }
+
     /// Waits until a log line satisfies `pred` (lines can trail the response slightly).
     pub fn wait_for_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(5);
