@@ -20,6 +20,12 @@ lay_out() { # <source dir with plugin.toml> <name> <destination root>
   local src=$1 name=$2 root=$3
   local dest="$root/$name"
   mkdir -p "$dest"
+  # The route descriptions' schemas file (`schemas = "x.json"`), before the manifest naming it.
+  local schemas
+  schemas=$(sed -n 's/^schemas *= *"\(.*\)"/\1/p' "$src/plugin.toml")
+  if [ -n "$schemas" ]; then
+    cp "$src/$schemas" "$dest/$schemas.tmp" && mv "$dest/$schemas.tmp" "$dest/$schemas"
+  fi
   cp "$src/plugin.toml" "$dest/plugin.toml.tmp" && mv "$dest/plugin.toml.tmp" "$dest/plugin.toml"
   local component
   component=$(sed -n 's/^component *= *"\(.*\)"/\1/p' "$src/plugin.toml")

@@ -15,3 +15,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 cargo nextest run --release --locked --no-fail-fast "$@"
+# The contract, checked by outside tools (OpenAPI validator, schemathesis) against a live
+# host on both backends: part of every full run, skipped when a test filter is given.
+if [ $# -eq 0 ]; then
+  bash scripts/contract.sh
+fi

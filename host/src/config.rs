@@ -81,6 +81,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Timeouts and the cap on open connections (slow or idle clients cannot hold sockets).
     pub connections: ConnectionLimits,
+    /// Whether `/openapi.json` (`OPENAPI_ENABLED`) and `/docs` (`DOCS_ENABLED`) are served.
+    pub docs: crate::openapi::DocsConfig,
 }
 
 impl Config {
@@ -248,6 +250,15 @@ impl Config {
             "MAX_CONNECTIONS must be at least 1"
         );
 
+        let docs = crate::openapi::DocsConfig {
+            openapi: parse_or(&get, "OPENAPI_ENABLED", true)?,
+            ui: parse_or(&get, "DOCS_ENABLED", true)?,
+        };
+        ensure!(
+            docs.openapi || !docs.ui,
+            "DOCS_ENABLED=true needs OPENAPI_ENABLED=true: /docs shows /openapi.json"
+        );
+
         Ok(Self {
             bind_addr,
             metrics_addr,
@@ -272,6 +283,7 @@ impl Config {
             auth_rate_limit_per_minute: parse_or(&get, "AUTH_RATE_LIMIT_PER_MINUTE", 10)?,
             trusted_proxies,
             connections,
+            docs,
         })
     }
 }

@@ -45,6 +45,7 @@ pub mod connections;
 pub mod error;
 pub mod fleet;
 pub mod middleware;
+pub mod openapi;
 pub mod pipeline;
 pub mod plugins;
 pub mod readiness;

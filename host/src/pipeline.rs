@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! request id + span → CORS preflight (answered here) → platform endpoints (/health, /ready)
-//!   → route match → rate limit → admin API (/admin/…) or 404/405
+//!   → route match → rate limit → admin API (/admin/…), /openapi.json and /docs, or 404/405
 //!   → body limit (413) and deadline (408)
 //!   → route auth policy (bearer JWT → principal, 401) → plugin instance
 //!   → error mapping → rate-limit headers → CORS headers (a plugin's own are dropped)
@@ -41,6 +41,7 @@ use crate::authn;
 use crate::bindings;
 use crate::error::{ApiError, Body, json_response};
 use crate::middleware::rate_limit::client_ip;
+use crate::openapi;
 
 use crate::plugins::manifest::RateLimitClass;
 use crate::plugins::routes::{RouteMatch, RouteTarget};
@@ -308,9 +309,14 @@ async fn dispatch(
         // Logged and measured under the route it was refused for (the plugin never ran).
         outcome.route = match &resolved {
             Ok(matched) => Some(matched.target.pattern.clone()),
-            Err(_) => admin::route_template(request.uri().path()).map(Arc::from),
+            Err(_) => host_route_template(state, request.uri().path()).map(Arc::from),
         };
         error_response(ApiError::RateLimited)
+    } else if let Some(answer) =
+        openapi::serve(state.docs, &table, request.method(), request.uri().path())
+    {
+        outcome.route = host_route_template(state, request.uri().path()).map(Arc::from);
+        answer.unwrap_or_else(error_response)
     } else if request.uri().path().starts_with("/admin/") {
         // Reserved for the host (no manifest may claim it), limited like every route.
         outcome.route = admin::route_template(request.uri().path()).map(Arc::from);
@@ -334,6 +340,12 @@ async fn dispatch(
         decision.apply(response.headers_mut());
     }
     response
+}
+
+/// The template of a path the host serves after limiting (admin API, docs), for logs and
+/// metrics.
+fn host_route_template(state: &AppState, path: &str) -> Option<&'static str> {
+    admin::route_template(path).or_else(|| openapi::route_template(state.docs, path))
 }
 
 /// Runs the matched route: body limit, auth policy, the plugin.

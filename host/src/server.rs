@@ -127,6 +127,7 @@ impl Application {
             max_body_bytes: config.max_body_bytes,
             accounts_data_set: config.accounts_data_set.clone(),
             body_read_timeout: config.connections.body_read_timeout,
+            docs: config.docs,
             readiness: Default::default(),
             metrics,
             fleet,

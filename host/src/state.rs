@@ -26,4 +26,6 @@ pub struct AppState {
     pub accounts_data_set: String,
     pub metrics: Arc<Metrics>,
     pub fleet: Arc<Fleet>,
+    /// Whether `/openapi.json` and `/docs` are served.
+    pub docs: crate::openapi::DocsConfig,
 }

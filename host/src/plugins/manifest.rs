@@ -3,7 +3,7 @@
 //! Parsing is strict: an unknown key is an error naming the file and the key, so a typo
 //! in a grant or a limit can never silently fall back to a default.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,10 +11,11 @@ use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use super::description::{self, ParamSpec, RequestSpec, ResponseSpec, Schemas};
 pub use crate::capabilities::Grants;
 
 /// Paths the host serves itself; no plugin may claim them.
-const RESERVED_PREFIXES: [&str; 3] = ["/health", "/ready", "/admin"];
+const RESERVED_PREFIXES: [&str; 5] = ["/health", "/ready", "/admin", "/openapi.json", "/docs"];
 
 /// Upper bounds an operator can raise a plugin's limits to.
 const MAX_MEMORY_MB: u32 = 512;
@@ -36,9 +37,16 @@ pub struct Manifest {
     pub capabilities: Grants,
     #[serde(default)]
     pub limits: Limits,
+    /// File name of the plugin's named JSON Schemas, relative to the manifest's directory.
+    pub schemas: Option<String>,
+    /// What that file holds, read and checked with the manifest.
+    #[serde(skip)]
+    pub schema_definitions: Schemas,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// One route. Beyond `method`, `path`, `auth` and `rate_limit`, the fields only describe
+/// the route for the OpenAPI document (`plugins::description`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     pub method: String,
@@ -49,6 +57,25 @@ pub struct RouteSpec {
     /// Which rate limit counts requests to this route.
     #[serde(default)]
     pub rate_limit: RateLimitClass,
+    pub summary: Option<String>,
+    pub description: Option<String>,
+    /// Default: derived from the method and the path.
+    pub operation_id: Option<String>,
+    /// Default: the plugin's name.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The `{param}` segments (default: a string each).
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamSpec>,
+    #[serde(default)]
+    pub query: BTreeMap<String, ParamSpec>,
+    pub request: Option<RequestSpec>,
+    /// The body may be left out (default: a route with `request` needs one).
+    #[serde(default)]
+    pub request_optional: bool,
+    /// Status code → answer. A route that lists none is documented as "any status".
+    #[serde(default)]
+    pub responses: BTreeMap<String, ResponseSpec>,
 }
 
 /// The rate-limit budgets a route can draw from (limits come from the host's configuration).
@@ -181,27 +208,60 @@ pub struct LocatedManifest {
 }
 
 impl Manifest {
-    /// Reads and validates `<dir>/plugin.toml`. Every error names the file.
+    /// Reads and validates `<dir>/plugin.toml` (and the schemas file it names). Every
+    /// error names the file.
     pub fn load(dir: &Path) -> anyhow::Result<LocatedManifest> {
         let manifest_path = dir.join("plugin.toml");
         let text = std::fs::read_to_string(&manifest_path)
             .with_context(|| format!("{}: cannot read", manifest_path.display()))?;
-        let manifest = Self::parse(&text)
+        let (manifest, schemas_text) = Self::parse_in(&text, Some(dir))
             .with_context(|| format!("{}: invalid manifest", manifest_path.display()))?;
         let component_path = dir.join(&manifest.component);
+        // The schemas file is part of what the plugin says: a change to it is a new version.
+        let mut hash = sha2::Sha256::new();
+        hash.update(text.as_bytes());
+        if let Some(schemas_text) = schemas_text {
+            hash.update(b"\0");
+            hash.update(schemas_text.as_bytes());
+        }
         Ok(LocatedManifest {
             manifest,
-            manifest_hash: super::hex(&sha2::Sha256::digest(text.as_bytes())),
+            manifest_hash: super::hex(&hash.finalize()),
             manifest_path,
             component_path,
         })
     }
 
+    /// Parses a manifest that names no schemas file (one that does needs [`Manifest::load`]).
     pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Self::parse_in(text, None).map(|(manifest, _)| manifest)
+    }
+
+    /// Parses and checks a manifest; `dir` is where its schemas file is read from. Returns
+    /// the schemas file's text too, when there is one.
+    fn parse_in(text: &str, dir: Option<&Path>) -> anyhow::Result<(Self, Option<String>)> {
         let mut manifest: Self = toml::from_str(text)?;
         manifest.validate()?;
+        let schemas_text = match &manifest.schemas {
+            None => None,
+            Some(file) => {
+                let dir =
+                    dir.context("`schemas` names a file: read the manifest from its directory")?;
+                let path = dir.join(file);
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("`schemas`: cannot read {}", path.display()))?;
+                manifest.schema_definitions = Schemas::parse(&text)
+                    .with_context(|| format!("`schemas`: {}", path.display()))?;
+                Some(text)
+            }
+        };
+        for route in &manifest.routes {
+            description::check_route(route, &manifest.schema_definitions)
+                .with_context(|| format!("route {} {}", route.method, route.path))?;
+        }
+        description::check_links(&manifest.routes)?;
         manifest.capabilities.resolve(&manifest.name)?;
-        Ok(manifest)
+        Ok((manifest, schemas_text))
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -225,6 +285,12 @@ impl Manifest {
                 && self.component.ends_with(".wasm"),
             "`component` must be a `.wasm` file name in the plugin's directory"
         );
+        if let Some(file) = &self.schemas {
+            ensure!(
+                !file.contains(['/', '\\']) && file != ".." && file.ends_with(".json"),
+                "`schemas` must be a `.json` file name in the plugin's directory"
+            );
+        }
         self.limits.validate()?;
         let mut seen = BTreeSet::new();
         for route in &self.routes {
@@ -329,6 +395,90 @@ mod tests {
                  [[route]]\nmethod = \"{method}\"\npath = \"{path}\"\n"
             );
             assert!(Manifest::parse(&text).is_err(), "{method} {path} accepted");
+        }
+    }
+
+    #[test]
+    fn route_descriptions_are_checked() {
+        let route = |extra: &str| {
+            format!(
+                "name = \"x\"\nversion = \"1\"\ncomponent = \"x.wasm\"\n\
+                 [[route]]\nmethod = \"GET\"\npath = \"/items/{{id}}\"\n{extra}\n"
+            )
+        };
+        let described = route(
+            "summary = \"One item\"\noperation_id = \"read_item\"\n\
+             params.id = { description = \"The id\", schema = { type = \"integer\" } }\n\
+             query.fields = { required = true }\n\
+             request.\"application/json\" = { type = \"object\" }\n\
+             responses.200 = { description = \"The item\", schema = { type = \"object\" } }\n\
+             responses.404 = \"No such item\"",
+        );
+        let manifest = Manifest::parse(&described).expect("a valid description");
+        assert_eq!(manifest.routes[0].operation_id(), "read_item");
+        assert_eq!(
+            Manifest::parse(&route("")).expect("no description").routes[0].operation_id(),
+            "get_items_by_id"
+        );
+
+        for (extra, reason) in [
+            ("summary = \"\"", "`summary` must not be empty"),
+            ("operation_id = \"read item\"", "`operation_id`"),
+            ("operation_id = \"host_health\"", "kept for the host"),
+            ("params.name = {}", "no `{name}` segment"),
+            ("params.id = { required = true }", "always required"),
+            ("responses.20 = \"Too short\"", "status code"),
+            ("responses.default = \"Anything\"", "status code"),
+            ("responses.200 = \"\"", "must not be empty"),
+            (
+                "responses.200 = { description = \"x\", schema = { type = \"strng\" } }",
+                "not a valid JSON Schema",
+            ),
+            (
+                "responses.200 = { description = \"x\", schema = \"Item\" }",
+                "not in the plugin's `schemas` file",
+            ),
+            ("request = \"Item\"", "not in the plugin's `schemas` file"),
+            (
+                "request.\"json\" = { type = \"object\" }",
+                "not a media type",
+            ),
+            (
+                "request.\"application/json\" = { \"$ref\" = \"https://example.com/s.json\" }",
+                "`$ref",
+            ),
+            (
+                "responses.200 = { description = \"x\", colour = \"red\" }",
+                "responses",
+            ),
+        ] {
+            let err = Manifest::parse(&route(extra)).expect_err(extra);
+            assert!(format!("{err:#}").contains(reason), "{extra}: {err:#}");
+        }
+        let named = format!("schemas = \"api.json\"\n{}", route(""));
+        let err = Manifest::parse(&named).expect_err("a schemas file needs a directory");
+        assert!(format!("{err:#}").contains("directory"), "{err:#}");
+    }
+
+    #[test]
+    fn schemas_files_are_checked() {
+        assert!(
+            Schemas::parse(r##"{"Item": {"type": "object", "properties": {"tag": {"$ref": "#/components/schemas/Tag"}}}, "Tag": {"type": "string"}}"##)
+                .is_ok()
+        );
+        for (text, reason) in [
+            ("[]", "JSON object"),
+            (r#"{"bad name": {}}"#, "schema name"),
+            (r#"{"Item": {"type": "strng"}}"#, "not a valid JSON Schema"),
+            (
+                r##"{"Item": {"$ref": "#/components/schemas/Nope"}}"##,
+                "`$ref",
+            ),
+            (r##"{"Item": {"$ref": "#/$defs/x"}}"##, "`$ref"),
+            (r#"{"Item": {"$id": "https://example.com/item"}}"#, "`$id`"),
+        ] {
+            let err = Schemas::parse(text).expect_err(text);
+            assert!(format!("{err:#}").contains(reason), "{text}: {err:#}");
         }
     }
 

@@ -8,6 +8,7 @@
 //! of it happens off the request path; the request path only ever instantiates a ready
 //! [`runtime::ReadyComponent`].
 
+pub mod description;
 pub mod guest_output;
 pub mod manifest;
 pub mod routes;

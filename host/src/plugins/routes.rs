@@ -4,9 +4,10 @@
 //! resolves against exactly one consistent set of plugins.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::bail;
+use bytes::Bytes;
 use http::Method;
 
 use super::LoadedPlugin;
@@ -35,6 +36,8 @@ struct PathEntry {
 pub struct RouteTable {
     router: matchit::Router<PathEntry>,
     plugins: Vec<Arc<LoadedPlugin>>,
+    /// The OpenAPI document of exactly these routes (`crate::openapi`), rendered on first use.
+    openapi: OnceLock<Bytes>,
 }
 
 /// A resolved request: the target and the decoded `{param}` values.
@@ -51,8 +54,19 @@ impl RouteTable {
         // Listed by name, whatever order they were loaded or reloaded in.
         plugins.sort_by(|a, b| a.name.cmp(&b.name));
         let mut by_pattern: BTreeMap<&str, Vec<RouteTarget>> = BTreeMap::new();
+        let mut operation_ids: BTreeMap<String, (&Arc<LoadedPlugin>, &str)> = BTreeMap::new();
         for plugin in &plugins {
             for route in &plugin.manifest.routes {
+                // Client generators name their functions after these: one per operation.
+                let id = route.operation_id().into_owned();
+                if let Some((other, other_path)) = operation_ids.get(&id) {
+                    bail!(
+                        "operation id conflict: `{id}` names both {} and {}",
+                        other.describe_route(other_path),
+                        plugin.describe_route(&route.path),
+                    );
+                }
+                operation_ids.insert(id, (plugin, &route.path));
                 let method = Method::from_bytes(route.method.as_bytes())?;
                 let targets = by_pattern.entry(route.path.as_str()).or_default();
                 if let Some(other) = targets.iter().find(|t| t.method == method) {
@@ -97,7 +111,16 @@ impl RouteTable {
             }
             inserted.push((pattern, owner));
         }
-        Ok(Self { router, plugins })
+        Ok(Self {
+            router,
+            plugins,
+            openapi: OnceLock::new(),
+        })
+    }
+
+    /// This table's OpenAPI document, rendered by `render` the first time it is asked for.
+    pub fn openapi_document(&self, render: impl FnOnce() -> Bytes) -> &Bytes {
+        self.openapi.get_or_init(render)
     }
 
     pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
