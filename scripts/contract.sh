@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The contract, checked by tools no one here wrote, against a live host on each backend:
 #   - openapi-spec-validator: GET /openapi.json is a valid OpenAPI 3.1 document;
+#   - a TypeScript client generated from it (openapi-typescript + openapi-fetch) compiles
+#     under `tsc --strict` and registers, logs in and reads /users/me;
 #   - schemathesis: every operation, examples + coverage + fuzzing + stateful (register ->
 #     login -> the token, following the document's links), finds no server error, no answer
 #     outside its schema, no undocumented status code, content type or header, and no bad
@@ -28,6 +30,16 @@ if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
   cp "$requirements" "$stamp"
+fi
+
+# The client team's toolchain (openapi-typescript, openapi-fetch, tsc), pinned by its lock
+# file, in target/contract-client (installed once per machine).
+client=$root/target/contract-client
+if ! cmp -s "$root/tests/contract/client/package-lock.json" "$client/package-lock.json" 2>/dev/null; then
+  echo "contract: installing the TypeScript client toolchain into $client" >&2
+  rm -rf "$client" && mkdir -p "$client"
+  cp "$root/tests/contract/client/package.json" "$root/tests/contract/client/package-lock.json" "$client/"
+  (cd "$client" && npm ci --silent --no-audit --no-fund)
 fi
 
 work=$(mktemp -d)
@@ -95,17 +107,26 @@ for backend in $backends; do
   curl -sf "$base/openapi.json" -o "$work/openapi.json"
   "$venv/bin/openapi-spec-validator" "$work/openapi.json"
 
+  # Generate a typed client from the document, compile a script using it with
+  # `tsc --strict`, and run it: register, log in, read /users/me.
+  cp "$work/openapi.json" "$root/tests/contract/client/tsconfig.json" \
+    "$root/tests/contract/client/smoke.ts" "$client/"
+  (cd "$client" && rm -rf dist && npx --no-install openapi-typescript openapi.json -o schema.d.ts --silent \
+    && npx --no-install tsc -p . && PLINTH_URL=$base node dist/smoke.js) || status=1
+
   report=$root/target/contract-report/$backend
   rm -rf "$report"
   seed_args=()
   [ "$seed" != random ] && seed_args=(--seed "$seed")
-  # Run from tests/contract, where schemathesis.toml and its hooks live. The timeout is a
-  # backstop: a bounded run takes well under a minute.
-  if (cd "$root/tests/contract" && timeout --kill-after=15 600 "$venv/bin/st" --no-color run \
+  # Run from target/contract-run, where schemathesis keeps what it found for `st replay`.
+  # The timeout is a backstop: a bounded run takes about a minute.
+  mkdir -p "$root/target/contract-run"
+  if (cd "$root/target/contract-run" && SCHEMATHESIS_HOOKS=$root/tests/contract/hooks.py \
+      timeout --kill-after=15 600 "$venv/bin/st" --no-color \
+      --config-file "$root/tests/contract/schemathesis.toml" run \
       "$base/openapi.json" --url "$base" --wait-for-schema 30 \
       --phases examples,coverage,fuzzing,stateful --checks all \
       --max-examples "$examples" "${seed_args[@]}" \
-      --generation-database "$root/target/contract-examples" \
       --report junit,ndjson --report-dir "$report"); then
     :
   else
