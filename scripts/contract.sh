@@ -100,6 +100,29 @@ stop_host() { # <backend>
   fi
 }
 
+# What a person sees at /docs, in a real browser (headless Chromium, from Debian's packages
+# via scripts/tools.sh): Swagger UI lists every operation of the document and shows no
+# error, with every name but the host's own unresolvable (nothing may come from elsewhere).
+# A screenshot is kept as target/contract-report/docs.png.
+render_docs() {
+  local dom=$work/docs.html
+  local -a browser=(chromium --headless --no-sandbox --disable-gpu --virtual-time-budget=15000
+    --host-resolver-rules="MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+  mkdir -p "$root/target/contract-report"
+  timeout 120 "${browser[@]}" --dump-dom "$base/docs" >"$dom" 2>/dev/null
+  timeout 120 "${browser[@]}" --window-size=1280,2400 \
+    --screenshot="$root/target/contract-report/docs.png" "$base/docs" >/dev/null 2>&1
+  local operations rendered
+  operations=$(python3 -c 'import json, sys; print(sum(len(item) for item in json.load(open(sys.argv[1]))["paths"].values()))' "$work/openapi.json")
+  rendered=$(grep -o 'class="opblock opblock-' "$dom" | wc -l)
+  if [ "$rendered" -ne "$operations" ] || grep -q 'errors-wrapper' "$dom"; then
+    echo "contract: /docs shows $rendered of $operations operations, or an error; DOM in $dom" >&2
+    cp "$dom" "$root/target/contract-report/docs.html"
+    return 1
+  fi
+  echo "contract: /docs rendered all $operations operations in headless Chromium (target/contract-report/docs.png)"
+}
+
 status=0
 for backend in $backends; do
   echo "==> contract on $backend"
@@ -113,6 +136,7 @@ for backend in $backends; do
     "$root/tests/contract/client/smoke.ts" "$client/"
   (cd "$client" && rm -rf dist && npx --no-install openapi-typescript openapi.json -o schema.d.ts --silent \
     && npx --no-install tsc -p . && PLINTH_URL=$base node dist/smoke.js) || status=1
+  if [ "$backend" = sqlite ]; then render_docs || status=1; fi
 
   report=$root/target/contract-report/$backend
   rm -rf "$report"

@@ -198,7 +198,6 @@ pub fn document(table: &RouteTable, config: DocsConfig) -> Value {
                 `RateLimit-Reset` wherever a rate limit applies.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
-        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "tags": tags,
         "paths": paths,
         "components": {
