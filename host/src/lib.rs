@@ -48,6 +48,8 @@ pub mod middleware;
 pub mod openapi;
 pub mod pipeline;
 pub mod plugins;
+#[cfg(test)]
+mod properties;
 pub mod readiness;
 pub mod request_id;
 pub mod server;

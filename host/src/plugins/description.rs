@@ -2,7 +2,8 @@
 //! (`crate::openapi`) is assembled from.
 //!
 //! A `[[route]]` may carry `summary`, `description`, `operation_id`, `tags`, `params` (its
-//! `{param}` segments), `query`, `request` and `responses`. Schemas are JSON Schema 2020-12
+//! `{param}` segments), `query`, `request` (and `request_optional`) and `responses` (with
+//! OpenAPI `links` to operations of the same plugin). Schemas are JSON Schema 2020-12
 //! (OpenAPI 3.1's dialect), written in place or named from the JSON file the manifest's
 //! `schemas` key names. All of it is checked when the plugin loads, so a description that
 //! does not hold refuses the plugin with the reason, like any other manifest error.

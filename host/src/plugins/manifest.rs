@@ -323,12 +323,18 @@ impl RouteSpec {
                 .any(|p| path == p || path.starts_with(&format!("{p}/"))),
             "route path `{path}` is reserved for the host"
         );
+        let mut params = BTreeSet::new();
         for segment in path.split('/').skip(1) {
             if let Some(inner) = segment.strip_prefix('{') {
                 let name = inner.strip_suffix('}').unwrap_or_default();
                 ensure!(
                     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                     "route path `{path}`: `{segment}` must be a whole segment like `{{id}}`"
+                );
+                // The plugin reads parameters by name: a second `{id}` could never be read.
+                ensure!(
+                    params.insert(name),
+                    "route path `{path}`: `{segment}` appears twice"
                 );
             } else {
                 ensure!(
@@ -389,6 +395,7 @@ mod tests {
             ("GET", "/a/{x"),
             ("GET", "/a/b{x}"),
             ("GET", "/a/{*rest}"),
+            ("GET", "/a/{id}/b/{id}"),
         ] {
             let text = format!(
                 "name = \"x\"\nversion = \"1\"\ncomponent = \"x.wasm\"\n\

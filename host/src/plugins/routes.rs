@@ -40,6 +40,14 @@ pub struct RouteTable {
     openapi: OnceLock<Bytes>,
 }
 
+/// A `{param}` value as the plugin receives it: percent-decoded, invalid UTF-8 replaced
+/// by U+FFFD.
+pub(crate) fn decode_param(raw: &str) -> String {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// A resolved request: the target and the decoded `{param}` values.
 #[derive(Debug)]
 pub struct RouteMatch<'a> {
@@ -153,10 +161,7 @@ impl RouteTable {
         let params = matched
             .params
             .iter()
-            .map(|(name, raw)| {
-                let value = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-                (name.to_owned(), value.into_owned())
-            })
+            .map(|(name, raw)| (name.to_owned(), decode_param(raw)))
             .collect();
         Ok(RouteMatch { target, params })
     }
