@@ -1,5 +1,14 @@
-//! `plinth`: the Plinth host. Configuration comes from the environment (see docs/API.md).
+//! `plinth`: the Plinth host. `plinth` (or `plinth serve`) serves, configured by the
+//! environment (README.md "Configuration"); `plinth check DIR` checks a plugin directory
+//! offline, as a host would load it.
 
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use plinth_host::capabilities::policy::Policy;
+use plinth_host::plugins::check;
 use plinth_host::{Application, Config, server, telemetry};
 
 /// mimalloc rather than glibc's malloc: every request allocates and frees across two
@@ -17,7 +26,89 @@ const EVENT_INTERVAL: u32 = 8;
 /// woken from outside a worker waits; short for the same reason.
 const GLOBAL_QUEUE_INTERVAL: u32 = 4;
 
-fn main() -> std::process::ExitCode {
+#[derive(Parser)]
+#[command(
+    name = "plinth",
+    version,
+    about = "The Plinth host: serves HTTP endpoints from sandboxed WebAssembly plugins."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default). Configured by environment variables: BIND_ADDR, PLUGINS_DIR,
+    /// DATABASE_URL, REDIS_URL, ... (README.md "Configuration").
+    Serve,
+    /// Check a plugin directory offline, as a host would load it: the manifest and its
+    /// route descriptions, the grants against the operator policy, the component, its
+    /// imports and link, and (with --plugins-dir) its routes next to other plugins'.
+    /// Prints every problem; exits 1 when there is one.
+    Check {
+        /// The plugin's directory: plugin.toml and the files it names.
+        dir: PathBuf,
+        /// A PLUGINS_DIR the plugin would join: its routes must not conflict with theirs.
+        #[arg(long, value_name = "DIR")]
+        plugins_dir: Option<PathBuf>,
+        /// The operator policy to check grants against (default: PLUGINS_POLICY, else the
+        /// development default, deploy/policy.toml).
+        #[arg(long, value_name = "FILE", env = "PLUGINS_POLICY")]
+        policy: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        None | Some(Command::Serve) => serve_from_env(),
+        Some(Command::Check {
+            dir,
+            plugins_dir,
+            policy,
+        }) => check_plugin(&dir, plugins_dir.as_deref(), policy.as_deref()),
+    }
+}
+
+fn check_plugin(
+    dir: &std::path::Path,
+    plugins_dir: Option<&std::path::Path>,
+    policy: Option<&std::path::Path>,
+) -> ExitCode {
+    let policy = match Policy::load(policy, false) {
+        Ok(policy) => policy,
+        Err(err) => {
+            eprintln!("plinth check: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let checked = check::check(dir, &policy, plugins_dir);
+    let plugin = checked.plugin.unwrap_or_else(|| dir.display().to_string());
+    // The report is this command's output (stdout); a closed pipe is no reason to fail.
+    let mut out = std::io::stdout().lock();
+    if checked.problems.is_empty() {
+        let neighbours = plugins_dir.map_or(String::new(), |d| {
+            format!(", no conflict with {}", d.display())
+        });
+        let _ = writeln!(
+            out,
+            "plinth check: {plugin}: ok ({} routes{neighbours})",
+            checked.routes
+        );
+        return ExitCode::SUCCESS;
+    }
+    let _ = writeln!(
+        out,
+        "plinth check: {plugin}: {} problem(s); a host would refuse it:",
+        checked.problems.len()
+    );
+    for problem in &checked.problems {
+        let _ = writeln!(out, "  - {problem}");
+    }
+    ExitCode::FAILURE
+}
+
+fn serve_from_env() -> ExitCode {
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {

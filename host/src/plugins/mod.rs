@@ -8,6 +8,7 @@
 //! of it happens off the request path; the request path only ever instantiates a ready
 //! [`runtime::ReadyComponent`].
 
+pub mod check;
 pub mod description;
 pub mod guest_output;
 pub mod manifest;
@@ -54,15 +55,6 @@ pub struct LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// "`GET /x` of plugin `p` (path/plugin.toml)", for error messages.
-    pub fn describe_route(&self, pattern: &str) -> String {
-        format!(
-            "`{pattern}` of plugin `{}` ({})",
-            self.name,
-            self.manifest_path.display()
-        )
-    }
-
     /// Reads, compiles and links the plugin in `dir`. When `previous` (the version now
     /// serving) has the same component bytes, its compiled code is reused: a change to
     /// the manifest alone costs no compilation.
@@ -113,13 +105,7 @@ impl LoadedPlugin {
         check_imports(engine, &component, &manifest)
             .with_context(|| format!("{}: imports beyond its grants", manifest_path.display()))?;
 
-        let mut linker = Linker::<InstanceState>::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        capabilities::link_granted(&mut linker, &manifest.capabilities)?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(PluginPre::new)
-            .map_err(anyhow::Error::from)
+        let pre = link(engine, &component, &manifest)
             .with_context(|| format!("{}: cannot be linked", component_path.display()))?;
         let plugin_capabilities = capabilities
             .for_plugin(
@@ -188,6 +174,18 @@ impl LoadedPlugin {
 /// Refuses a component that imports a capability its manifest does not grant, naming it.
 /// WASI imports are linked for every plugin with an empty context (no files, network or
 /// environment), so they need no grant.
+/// Links `component` with WASI and the capabilities `manifest` grants, nothing else.
+fn link(
+    engine: &PluginEngine,
+    component: &Component,
+    manifest: &Manifest,
+) -> anyhow::Result<PluginPre<InstanceState>> {
+    let mut linker = Linker::<InstanceState>::new(engine.engine());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    capabilities::link_granted(&mut linker, &manifest.capabilities)?;
+    Ok(linker.instantiate_pre(component).and_then(PluginPre::new)?)
+}
+
 fn check_imports(
     engine: &PluginEngine,
     component: &Component,

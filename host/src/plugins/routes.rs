@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Method;
 
 use super::LoadedPlugin;
-use super::manifest::{AuthPolicy, RateLimitClass};
+use super::manifest::{AuthPolicy, RateLimitClass, RouteSpec};
 use crate::error::ApiError;
 use crate::telemetry::metrics::RouteSeries;
 
@@ -55,69 +55,119 @@ pub struct RouteMatch<'a> {
     pub params: Vec<(String, String)>,
 }
 
+/// What placing routes needs to know of a plugin: `LoadedPlugin` for a table that serves,
+/// a manifest alone for `plinth check`.
+pub trait RouteOwner {
+    fn name(&self) -> &str;
+    fn manifest_path(&self) -> &std::path::Path;
+    fn routes(&self) -> &[RouteSpec];
+
+    /// "`/x` of plugin `p` (path/plugin.toml)", for error messages.
+    fn describe_route(&self, pattern: &str) -> String {
+        format!(
+            "`{pattern}` of plugin `{}` ({})",
+            self.name(),
+            self.manifest_path().display()
+        )
+    }
+}
+
+impl RouteOwner for Arc<LoadedPlugin> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn manifest_path(&self) -> &std::path::Path {
+        &self.manifest_path
+    }
+    fn routes(&self) -> &[RouteSpec] {
+        &self.manifest.routes
+    }
+}
+
+/// Routes by pattern: which owner (its index), method and route claim each.
+pub type Placed<'a> = BTreeMap<&'a str, Vec<(usize, Method, &'a RouteSpec)>>;
+
+/// Where every route of `owners` goes: pattern → (owner index, method, route), in pattern
+/// order, and the router those patterns make. Two owners claiming one method and path,
+/// patterns that cannot be told apart, or one operation id named twice are an error naming
+/// both manifests. The one check of route conflicts, for serving and for `plinth check`.
+pub fn place<O: RouteOwner>(owners: &[O]) -> anyhow::Result<Placed<'_>> {
+    let mut by_pattern = Placed::new();
+    let mut operation_ids: BTreeMap<String, (usize, &str)> = BTreeMap::new();
+    for (index, owner) in owners.iter().enumerate() {
+        for route in owner.routes() {
+            let method = Method::from_bytes(route.method.as_bytes())?;
+            let claims = by_pattern.entry(route.path.as_str()).or_default();
+            if let Some((other, ..)) = claims.iter().find(|(_, m, _)| *m == method) {
+                let other = &owners[*other];
+                bail!(
+                    "route conflict: {} {} is claimed by plugin `{}` ({}) and plugin `{}` ({})",
+                    route.method,
+                    route.path,
+                    other.name(),
+                    other.manifest_path().display(),
+                    owner.name(),
+                    owner.manifest_path().display(),
+                );
+            }
+            // Client generators name their functions after these: one per operation.
+            let id = route.operation_id().into_owned();
+            if let Some((other, other_path)) = operation_ids.get(&id) {
+                bail!(
+                    "operation id conflict: `{id}` names both {} and {}",
+                    owners[*other].describe_route(other_path),
+                    owner.describe_route(&route.path),
+                );
+            }
+            operation_ids.insert(id, (index, &route.path));
+            claims.push((index, method, route));
+        }
+    }
+
+    let mut router = matchit::Router::new();
+    let mut inserted: Vec<(&str, usize)> = Vec::new();
+    for (pattern, claims) in &by_pattern {
+        let owner = claims[0].0;
+        if let Err(err) = router.insert(*pattern, ()) {
+            let other = match &err {
+                matchit::InsertError::Conflict { with } => inserted
+                    .iter()
+                    .find(|(p, _)| p == with)
+                    .map(|(p, other)| owners[*other].describe_route(p))
+                    .unwrap_or_else(|| format!("`{with}`")),
+                _ => "another route".to_owned(),
+            };
+            bail!(
+                "route conflict: {} overlaps {other}",
+                owners[owner].describe_route(pattern)
+            );
+        }
+        inserted.push((pattern, owner));
+    }
+    Ok(by_pattern)
+}
+
 impl RouteTable {
-    /// Builds the table; two plugins claiming the same method and path, or patterns that
-    /// cannot be told apart, are an error naming both manifests.
+    /// Builds the table from every plugin's routes, placed by [`place`] (which refuses
+    /// conflicts).
     pub fn build(mut plugins: Vec<Arc<LoadedPlugin>>) -> anyhow::Result<Self> {
         // Listed by name, whatever order they were loaded or reloaded in.
         plugins.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut by_pattern: BTreeMap<&str, Vec<RouteTarget>> = BTreeMap::new();
-        let mut operation_ids: BTreeMap<String, (&Arc<LoadedPlugin>, &str)> = BTreeMap::new();
-        for plugin in &plugins {
-            for route in &plugin.manifest.routes {
-                // Client generators name their functions after these: one per operation.
-                let id = route.operation_id().into_owned();
-                if let Some((other, other_path)) = operation_ids.get(&id) {
-                    bail!(
-                        "operation id conflict: `{id}` names both {} and {}",
-                        other.describe_route(other_path),
-                        plugin.describe_route(&route.path),
-                    );
-                }
-                operation_ids.insert(id, (plugin, &route.path));
-                let method = Method::from_bytes(route.method.as_bytes())?;
-                let targets = by_pattern.entry(route.path.as_str()).or_default();
-                if let Some(other) = targets.iter().find(|t| t.method == method) {
-                    bail!(
-                        "route conflict: {} {} is claimed by plugin `{}` ({}) and plugin `{}` ({})",
-                        route.method,
-                        route.path,
-                        other.plugin.name,
-                        other.plugin.manifest_path.display(),
-                        plugin.name,
-                        plugin.manifest_path.display(),
-                    );
-                }
-                targets.push(RouteTarget {
-                    plugin: plugin.clone(),
+        let mut router = matchit::Router::new();
+        for (pattern, claims) in place(&plugins)? {
+            let targets = claims
+                .into_iter()
+                .map(|(index, method, route)| RouteTarget {
+                    plugin: plugins[index].clone(),
                     method,
-                    pattern: Arc::from(route.path.as_str()),
+                    pattern: Arc::from(pattern),
                     auth: route.auth,
                     rate_limit: route.rate_limit,
                     series: Arc::default(),
-                });
-            }
-        }
-
-        let mut router = matchit::Router::new();
-        let mut inserted: Vec<(&str, Arc<LoadedPlugin>)> = Vec::new();
-        for (pattern, targets) in by_pattern {
-            let owner = targets[0].plugin.clone();
-            if let Err(err) = router.insert(pattern, PathEntry { targets }) {
-                let other = match &err {
-                    matchit::InsertError::Conflict { with } => inserted
-                        .iter()
-                        .find(|(p, _)| p == with)
-                        .map(|(p, plugin)| plugin.describe_route(p))
-                        .unwrap_or_else(|| format!("`{with}`")),
-                    _ => "another route".to_owned(),
-                };
-                bail!(
-                    "route conflict: {} overlaps {other}",
-                    owner.describe_route(pattern)
-                );
-            }
-            inserted.push((pattern, owner));
+                })
+                .collect();
+            // `place` inserted the same patterns into a router of its own without conflict.
+            router.insert(pattern, PathEntry { targets })?;
         }
         Ok(Self {
             router,
