@@ -37,16 +37,19 @@ const LOGIN_FAILURE_WINDOW_SECS: u64 = 15 * 60;
 /// record outlives the request that wrote it; long enough for a client's prompt retry.
 const PENDING_TTL_MS: u64 = 30_000;
 
+// `Route`: one variant per `[[route]]` of plugin.toml, written by build.rs.
+include!(concat!(env!("OUT_DIR"), "/routes.rs"));
+
 struct Auth;
 
 impl Handler for Auth {
     fn handle(request: Request) -> Response {
-        respond(match request.route.as_str() {
-            "/api/v1/auth/register" => register(&request),
-            "/api/v1/auth/login" => login(&request),
-            "/api/v1/auth/refresh" => refresh(&request),
-            "/api/v1/auth/logout" => logout(&request),
-            _ => Err(Response::not_found("Not found")),
+        respond(match Route::of(&request) {
+            Some(Route::Register) => register(&request),
+            Some(Route::Login) => login(&request),
+            Some(Route::Refresh) => refresh(&request),
+            Some(Route::Logout) => logout(&request),
+            None => Err(Response::undeclared_route(&request)),
         })
     }
 }

@@ -5,15 +5,18 @@
 
 use plinth_sdk::{Handler, Request, Response};
 
+// `Route`: one variant per `[[route]]` of plugin.toml, written by build.rs. A route added
+// there without a handler below does not compile.
+include!(concat!(env!("OUT_DIR"), "/routes.rs"));
+
 struct Hello;
 
 impl Handler for Hello {
     fn handle(request: Request) -> Response {
-        match (request.method.as_str(), request.route.as_str()) {
-            ("GET", "/hello/{name}") => greet(&request),
-            ("POST", "/echo") => echo(request),
-            // The host only routes what plugin.toml declares; this is a manifest/code mismatch.
-            _ => Response::error(404, "NOT_FOUND", "Not found"),
+        match Route::of(&request) {
+            Some(Route::Hello) => greet(&request),
+            Some(Route::Echo) => echo(request),
+            None => Response::undeclared_route(&request),
         }
     }
 }

@@ -195,6 +195,17 @@ impl Response {
         log::error(cause);
         Self::error(500, "INTERNAL_ERROR", "Internal error")
     }
+
+    /// For a request whose route the plugin's `Route` enum (plinth-sdk-build) does not
+    /// know: the host routes only what the deployed `plugin.toml` declares, so the
+    /// component was built from another manifest. Logged with the route, answered 500.
+    pub fn undeclared_route(request: &Request) -> Self {
+        Self::internal(&format!(
+            "{} {} is declared by the deployed plugin.toml but not by the manifest this \
+             component was built with: rebuild it",
+            request.method, request.route
+        ))
+    }
 }
 
 /// Capability errors become responses, so handlers can use `?`.

@@ -8,6 +8,9 @@ use plinth_sdk::tokens::{self, TokenKind};
 use plinth_sdk::validation::{Fields, Issue, unprocessable};
 use plinth_sdk::{Handler, Request, Response, passwords, respond};
 
+// `Route`: one variant per `[[route]]` of plugin.toml, written by build.rs.
+include!(concat!(env!("OUT_DIR"), "/routes.rs"));
+
 struct Users;
 
 impl Handler for Users {
@@ -20,17 +23,17 @@ plinth_sdk::export_plugin!(Users);
 
 fn route(request: &Request) -> Result<Response, Response> {
     let me = accounts::current_user(request)?;
-    match (request.method.as_str(), request.route.as_str()) {
-        ("GET", "/api/v1/users/me") => Ok(me.response(200)),
-        ("PATCH", "/api/v1/users/me") => update_me(request, &me),
-        ("DELETE", "/api/v1/users/me") => delete_me(&me),
-        ("PUT", "/api/v1/users/me/password") => change_password(request, &me),
-        ("GET", "/api/v1/users" | "/api/v1/users/") => list(request, &me),
-        ("POST", "/api/v1/users" | "/api/v1/users/") => create(request, &me),
-        ("GET", "/api/v1/users/{id}") => get_one(request, &me),
-        ("PATCH", "/api/v1/users/{id}") => update_one(request, &me),
-        ("DELETE", "/api/v1/users/{id}") => delete_one(request, &me),
-        _ => Err(Response::not_found("Not found")),
+    match Route::of(request) {
+        Some(Route::ReadMe) => Ok(me.response(200)),
+        Some(Route::UpdateMe) => update_me(request, &me),
+        Some(Route::DeleteMe) => delete_me(&me),
+        Some(Route::ChangePassword) => change_password(request, &me),
+        Some(Route::ListUsers | Route::ListUsersSlash) => list(request, &me),
+        Some(Route::CreateUser | Route::CreateUserSlash) => create(request, &me),
+        Some(Route::ReadUser) => get_one(request, &me),
+        Some(Route::UpdateUser) => update_one(request, &me),
+        Some(Route::DeleteUser) => delete_one(request, &me),
+        None => Err(Response::undeclared_route(request)),
     }
 }
 
