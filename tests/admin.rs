@@ -1,19 +1,11 @@
 //! The admin API: superusers list plugins and reload one on demand; a refused build
 //! changes nothing that serves.
 
-use plinth_tests::{Backend, PluginsDir, TestHost};
+use plinth_tests::{PluginsDir, TestHost};
 use reqwest::Method;
 
 async fn start() -> (PluginsDir, TestHost, plinth_tests::api::Tokens) {
-    let plugins = PluginsDir::with(&["auth", "users", "hello"]);
-    // Only the admin API reloads here: the directory watcher is off.
-    let host = TestHost::builder()
-        .backend(&Backend::sqlite())
-        .env("WATCH_PLUGINS", "false")
-        .with_root()
-        .start(&plugins);
-    let root = host.root_tokens().await;
-    (plugins, host, root)
+    TestHost::start_admin(&["auth", "users", "hello"]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

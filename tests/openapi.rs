@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use plinth_tests::{Backend, PluginsDir, TestHost, json_body};
+use plinth_tests::{PluginsDir, TestHost, json_body};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -17,17 +17,6 @@ const HOST_ENDPOINTS: [(&str, &str); 7] = [
     ("GET", "/openapi.json"),
     ("GET", "/docs"),
 ];
-
-async fn start(plugins: &[&str]) -> (PluginsDir, TestHost, plinth_tests::api::Tokens) {
-    let plugins = PluginsDir::with(plugins);
-    let host = TestHost::builder()
-        .backend(&Backend::sqlite())
-        .env("WATCH_PLUGINS", "false")
-        .with_root()
-        .start(&plugins);
-    let root = host.root_tokens().await;
-    (plugins, host, root)
-}
 
 async fn document(host: &TestHost) -> Value {
     let response = host.get("/openapi.json").await;
@@ -59,7 +48,8 @@ fn operation<'a>(document: &'a Value, method: &str, path: &str) -> &'a Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_describes_exactly_the_route_table() {
     // `counter` describes nothing about its routes: it is listed all the same.
-    let (_plugins, host, root) = start(&["auth", "users", "hello", "counter"]).await;
+    let (_plugins, host, root) =
+        TestHost::start_admin(&["auth", "users", "hello", "counter"]).await;
     let document = document(&host).await;
     assert_eq!(document["openapi"], "3.1.0");
 
@@ -173,7 +163,7 @@ async fn the_document_describes_exactly_the_route_table() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_updates_the_document_and_a_bad_description_is_refused() {
-    let (plugins, host, root) = start(&["auth", "users", "hello"]).await;
+    let (plugins, host, root) = TestHost::start_admin(&["auth", "users", "hello"]).await;
     let before = document(&host).await;
     assert_eq!(
         operation(&before, "GET", "/hello/{name}")["summary"],

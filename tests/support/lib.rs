@@ -325,6 +325,20 @@ impl TestHost {
         }
     }
 
+    /// A host on SQLite serving `plugins`, with the superuser of
+    /// [`HostBuilder::with_root`] logged in and the directory watcher off: only admin
+    /// reloads change what it serves.
+    pub async fn start_admin(plugins: &[&str]) -> (PluginsDir, Self, api::Tokens) {
+        let plugins = PluginsDir::with(plugins);
+        let host = Self::builder()
+            .backend(&Backend::sqlite())
+            .env("WATCH_PLUGINS", "false")
+            .with_root()
+            .start(&plugins);
+        let root = host.root_tokens().await;
+        (plugins, host, root)
+    }
+
     /// Like [`start_api`](Self::start_api), with a first superuser `root@example.com`
     /// (password `root-password`), logged in.
     pub async fn start_api_with_root(backend: &Backend) -> (PluginsDir, Self, api::Tokens) {
