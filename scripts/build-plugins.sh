@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds every plugin with `cargo build --target wasm32-wasip2` (no other tool) and lays
-# them out as deployable plugin directories:
+# Builds every plugin (Rust: `cargo build --target wasm32-wasip2`; Python: componentize-py)
+# and lays them out as deployable plugin directories:
 #   target/plugins/<name>/{plugin.toml,<name>.wasm}        deployed by default
 #   target/test-plugins/<name>/{plugin.toml,<name>.wasm}   for tests only, never deployed
 # (`target` is $CARGO_TARGET_DIR when set, as for cargo and the tests.)
@@ -57,4 +57,34 @@ mkdir -p "$v2"
 sed 's/^version = .*/version = "2.0.0"/' plugins/testing/versioned/plugin.toml > "$v2/plugin.toml"
 cp "$target/wasm32-wasip2/release/plinth_plugin_versioned.wasm" "$v2/versioned.wasm.tmp"
 mv "$v2/versioned.wasm.tmp" "$v2/versioned.wasm"
+# Plugins in Python, built by componentize-py (pinned in plugins/python/requirements.txt,
+# installed once into target/py-venv) from plugins/python/<name>/app.py against wit/'s
+# `plugin-kv` world, laid out with the test plugins. A build takes seconds (the component
+# carries CPython), so it is skipped while its sources, the WIT and the toolchain are
+# unchanged.
+py_venv="$target/py-venv"
+if ! cmp -s plugins/python/requirements.txt "$py_venv/.requirements" 2>/dev/null; then
+  echo "build-plugins: installing $(grep -v '^#' plugins/python/requirements.txt) into $py_venv" >&2
+  rm -rf "$py_venv"
+  python3 -m venv "$py_venv"
+  "$py_venv/bin/pip" install --quiet --disable-pip-version-check -r plugins/python/requirements.txt
+  cp plugins/python/requirements.txt "$py_venv/.requirements"
+fi
+for src in plugins/python/*/; do
+  name=$(basename "$src")
+  dest="$target/test-plugins/$name"
+  component=$(sed -n 's/^component *= *"\(.*\)"/\1/p' "$src/plugin.toml")
+  built_from=$(cat "$src"/*.py wit/*.wit plugins/python/requirements.txt | sha256sum | cut -c1-32)
+  mkdir -p "$dest" "$py_venv/built"
+  if [ ! -f "$dest/$component" ] || [ "$(cat "$py_venv/built/$name" 2>/dev/null)" != "$built_from" ]; then
+    "$py_venv/bin/componentize-py" -d wit -w plugin-kv componentize -p "$src" app \
+      -o "$dest/$component.tmp" >/dev/null
+    mv "$dest/$component.tmp" "$dest/$component"
+    echo "$built_from" > "$py_venv/built/$name"
+  fi
+  for file in schemas.json plugin.toml; do
+    [ -f "$src/$file" ] && cp "$src/$file" "$dest/$file.tmp" && mv "$dest/$file.tmp" "$dest/$file"
+  done
+done
+
 echo "plugins ready in $target/plugins (test plugins in $target/test-plugins)"
