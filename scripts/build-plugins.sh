@@ -77,7 +77,7 @@ for src in plugins/python/*/; do
   built_from=$(cat "$src"/*.py wit/*.wit plugins/python/requirements.txt | sha256sum | cut -c1-32)
   mkdir -p "$dest" "$py_venv/built"
   if [ ! -f "$dest/$component" ] || [ "$(cat "$py_venv/built/$name" 2>/dev/null)" != "$built_from" ]; then
-    "$py_venv/bin/componentize-py" -d wit -w plugin-kv componentize -p "$src" app \
+    PYTHONDONTWRITEBYTECODE=1 "$py_venv/bin/componentize-py" -d wit -w plugin-kv componentize -p "$src" app \
       -o "$dest/$component.tmp" >/dev/null
     mv "$dest/$component.tmp" "$dest/$component"
     echo "$built_from" > "$py_venv/built/$name"
