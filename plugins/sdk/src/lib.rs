@@ -129,7 +129,7 @@ impl Response {
                 )],
                 body: bytes,
             },
-            Err(_) => Self::error(500, "INTERNAL_ERROR", "The response could not be encoded"),
+            Err(_) => Self::error(500, "PLUGIN_FAILED", "The response could not be encoded"),
         }
     }
 
@@ -190,10 +190,11 @@ impl Response {
         )
     }
 
-    /// 500 for a bug on the plugin's side; `cause` goes to the log, not to the client.
+    /// 500 `PLUGIN_FAILED` (docs/API.md's code for a plugin that failed) for a bug on the
+    /// plugin's side; `cause` goes to the log, not to the client.
     pub fn internal(cause: &str) -> Self {
         log::error(cause);
-        Self::error(500, "INTERNAL_ERROR", "Internal error")
+        Self::error(500, "PLUGIN_FAILED", "Internal error")
     }
 
     /// For a request whose route the plugin's `Route` enum (plinth-sdk-build) does not
