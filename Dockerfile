@@ -4,7 +4,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # scripts/ install the pinned toolchain's wasm32-wasip2 target themselves.
-RUN bash scripts/build-plugins.sh \
+RUN BUILD_PLUGINS=deployed bash scripts/build-plugins.sh \
  && cargo build --release --locked -p plinth-host
 
 FROM debian:bookworm-slim

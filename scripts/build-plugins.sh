@@ -4,6 +4,8 @@
 #   target/plugins/<name>/{plugin.toml,<name>.wasm}        deployed by default
 #   target/test-plugins/<name>/{plugin.toml,<name>.wasm}   for tests only, never deployed
 # (`target` is $CARGO_TARGET_DIR when set, as for cargo and the tests.)
+# BUILD_PLUGINS=deployed builds only the deployed ones (the Dockerfile: no test plugins,
+# no Python toolchain in the image's build stage).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
@@ -11,6 +13,12 @@ bash scripts/setup.sh
 
 deployed=(hello auth users)
 testing=(trap spin membomb badstatus versioned bigbody counter kvprobe nosy sqlprobe)
+only_deployed=false
+case "${BUILD_PLUGINS:-all}" in
+  all) ;;
+  deployed) only_deployed=true; testing=() ;;
+  *) echo "build-plugins: BUILD_PLUGINS must be \`all\` or \`deployed\`" >&2; exit 2 ;;
+esac
 
 packages=()
 for p in "${deployed[@]}" "${testing[@]}"; do packages+=(-p "plinth-plugin-$p"); done
@@ -48,6 +56,11 @@ lay_out() { # <source dir with plugin.toml> <name> <destination root>
 }
 for p in "${deployed[@]}"; do lay_out "plugins/$p" "$p" "$target/plugins"; done
 for p in "${testing[@]}"; do lay_out "plugins/testing/$p" "$p" "$target/test-plugins"; done
+
+if [ "$only_deployed" = true ]; then
+  echo "plugins ready in $target/plugins (deployed ones only)"
+  exit 0
+fi
 
 # The reload tests swap `versioned` between two builds: v2 is the same crate with its
 # `v2` feature, laid out as target/test-plugins/versioned-v2 (manifest version 2.0.0).
