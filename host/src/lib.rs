@@ -52,6 +52,7 @@ pub mod plugins;
 mod properties;
 pub mod readiness;
 pub mod request_id;
+pub mod scaffold;
 pub mod server;
 pub mod state;
 pub mod telemetry;

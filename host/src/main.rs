@@ -42,6 +42,21 @@ enum Command {
     /// Serve (the default). Configured by environment variables: BIND_ADDR, PLUGINS_DIR,
     /// DATABASE_URL, REDIS_URL, ... (README.md "Configuration").
     Serve,
+    /// Start a plugin project: plugin.toml with one described route, the code, a test
+    /// and a README with the commands to build, check and deploy it.
+    New {
+        /// The plugin's name: a-z, 0-9 and `_` (also its route prefix and component name).
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: plinth_host::scaffold::Language,
+        /// Where to create it (default: ./NAME); must not exist yet.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The Plinth checkout a Rust plugin takes plinth-sdk from (default: the one this
+        /// `plinth` was built in).
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<PathBuf>,
+    },
     /// Check a plugin directory offline, as a host would load it: the manifest and its
     /// route descriptions, the grants against the operator policy, the component, its
     /// imports and link, and (with --plugins-dir) its routes next to other plugins'.
@@ -67,6 +82,36 @@ fn main() -> ExitCode {
             plugins_dir,
             policy,
         }) => check_plugin(&dir, plugins_dir.as_deref(), policy.as_deref()),
+        Some(Command::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        }) => new_plugin(&name, lang, dir, sdk.as_deref()),
+    }
+}
+
+fn new_plugin(
+    name: &str,
+    lang: plinth_host::scaffold::Language,
+    dir: Option<PathBuf>,
+    sdk: Option<&std::path::Path>,
+) -> ExitCode {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    match plinth_host::scaffold::create(name, lang, &dir, sdk) {
+        Ok(files) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "plinth new: created {}:", dir.display());
+            for file in files {
+                let _ = writeln!(out, "  {}", file.display());
+            }
+            let _ = writeln!(out, "Next: {}/README.md", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("plinth new: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
