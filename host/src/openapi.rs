@@ -34,15 +34,6 @@ pub struct DocsConfig {
     pub ui: bool,
 }
 
-impl Default for DocsConfig {
-    fn default() -> Self {
-        Self {
-            openapi: true,
-            ui: true,
-        }
-    }
-}
-
 const DOCUMENT_PATH: &str = "/openapi.json";
 const UI_PATH: &str = "/docs";
 
@@ -352,7 +343,8 @@ fn parameter(
     parameter
 }
 
-/// Responses in status order (a `BTreeMap` of strings already is; `default` last).
+/// Responses in status order, `default` last, whichever order serde_json's map keeps (its
+/// `preserve_order` feature, if anything in the build turns it on, keeps insertion order).
 fn sort_responses(responses: Map<String, Value>) -> Value {
     let mut sorted: Vec<(String, Value)> = responses.into_iter().collect();
     sorted.sort_by_key(|(status, _)| (status == "default", status.clone()));
