@@ -94,3 +94,54 @@ fn grants_are_checked_against_the_policy_given() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("cannot read"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_checks_then_copies_into_a_running_hosts_directory() {
+    let deployed = PluginsDir::new();
+    let host = plinth_tests::TestHost::start(&deployed);
+    assert_eq!(host.get("/hello/ana").await.status(), 404);
+    let built = plinth_tests::built_plugin("hello");
+    let deploy = |dir: &Path| {
+        Command::new(plinth_bin())
+            .arg("deploy")
+            .arg(dir)
+            .arg("--plugins-dir")
+            .arg(deployed.path())
+            .env_remove("PLUGINS_POLICY")
+            .output()
+            .expect("running plinth deploy")
+    };
+
+    // A plugin a host would refuse is not copied at all.
+    let candidates = PluginsDir::new();
+    let broken = candidates.deploy_as("hello", "broken", |manifest| {
+        manifest.replace("params.name = {", "params.nom = {")
+    });
+    let output = deploy(&broken);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no `{nom}` segment"));
+    assert!(
+        std::fs::read_dir(deployed.path())
+            .expect("dir")
+            .next()
+            .is_none()
+    );
+
+    // A good one lands whole, and the watching host serves it.
+    let output = deploy(&built);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("copied into"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while host.get("/hello/ana").await.status() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not served after deploy"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let names: Vec<String> = std::fs::read_dir(deployed.path().join("hello"))
+        .expect("deployed dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("deploying")), "{names:?}");
+}

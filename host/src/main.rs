@@ -1,6 +1,7 @@
 //! `plinth`: the Plinth host. `plinth` (or `plinth serve`) serves, configured by the
 //! environment (README.md "Configuration"); `plinth check DIR` checks a plugin directory
-//! offline, as a host would load it.
+//! offline, as a host would load it; `plinth deploy DIR` checks, then copies it into
+//! PLUGINS_DIR; `plinth new NAME` starts a plugin project.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -57,6 +58,19 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
     },
+    /// Check a plugin directory as `check` does against PLUGINS_DIR, then copy it there the
+    /// way a running host expects (files renamed into place, the manifest last), so a
+    /// watching host serves it within a second. Nothing is copied when a check fails.
+    Deploy {
+        /// The plugin's directory: plugin.toml and the files it names.
+        dir: PathBuf,
+        /// Where the hosts read plugins from.
+        #[arg(long, value_name = "DIR", env = "PLUGINS_DIR")]
+        plugins_dir: PathBuf,
+        /// The operator policy (default: PLUGINS_POLICY, else the development default).
+        #[arg(long, value_name = "FILE", env = "PLUGINS_POLICY")]
+        policy: Option<PathBuf>,
+    },
     /// Check a plugin directory offline, as a host would load it: the manifest and its
     /// route descriptions, the grants against the operator policy, the component, its
     /// imports and link, and (with --plugins-dir) its routes next to other plugins'.
@@ -82,6 +96,30 @@ fn main() -> ExitCode {
             plugins_dir,
             policy,
         }) => check_plugin(&dir, plugins_dir.as_deref(), policy.as_deref()),
+        Some(Command::Deploy {
+            dir,
+            plugins_dir,
+            policy,
+        }) => {
+            let checked = check_plugin(&dir, Some(&plugins_dir), policy.as_deref());
+            if checked != ExitCode::SUCCESS {
+                return checked;
+            }
+            match check::deploy(&dir, &plugins_dir) {
+                Ok(target) => {
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
+                        "plinth deploy: copied into {}",
+                        target.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("plinth deploy: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::New {
             name,
             lang,

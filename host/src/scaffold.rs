@@ -142,8 +142,7 @@ fn rust_readme(name: &str) -> String {
          cargo build --release --target wasm32-wasip2        # the component\n\
          mkdir -p deploy/{name}\n\
          cp plugin.toml deploy/{name}/ && cp target/wasm32-wasip2/release/plinth_plugin_{name}.wasm deploy/{name}/{name}.wasm\n\
-         plinth check deploy/{name} --plugins-dir \"$PLUGINS_DIR\"   # what a host would refuse\n\
-         cp -r deploy/{name} \"$PLUGINS_DIR/\"                  # a running host picks it up\n\
+         plinth deploy deploy/{name} --plugins-dir \"$PLUGINS_DIR\"  # checked, then copied in: a watching host serves it\n\
          ```\n\n\
          Routes are declared once, in `plugin.toml`: `build.rs` turns them into the `Route`\n\
          enum `src/lib.rs` matches on, so a route without a handler does not compile. What a\n\
@@ -162,8 +161,7 @@ fn python_readme(name: &str) -> String {
          pip install componentize-py==0.25.1                  # once (Plinth's scripts use this version)\n\
          mkdir -p deploy/{name} && cp plugin.toml deploy/{name}/\n\
          componentize-py -d wit -w plugin-kv componentize app -o deploy/{name}/{name}.wasm\n\
-         plinth check deploy/{name} --plugins-dir \"$PLUGINS_DIR\"   # what a host would refuse\n\
-         cp -r deploy/{name} \"$PLUGINS_DIR/\"                  # a running host picks it up\n\
+         plinth deploy deploy/{name} --plugins-dir \"$PLUGINS_DIR\"  # checked, then copied in: a watching host serves it\n\
          ```\n\n\
          `wit/plugin.wit` is the contract with the host (copied from Plinth); the `plugin-kv`\n\
          world gives `log` and `kv` (`wit_world.imports.kv`), which the manifest grants.\n"

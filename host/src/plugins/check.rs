@@ -125,3 +125,53 @@ fn neighbour_manifests(
     }
     Ok(found)
 }
+
+/// `plinth deploy`: copies the plugin in `dir` into `plugins_dir/<name>/` the way a running
+/// host expects (each file written under a temporary name and renamed into place, the
+/// component, schemas and migrations before the manifest), so a watching host never reads
+/// half a file. Returns the directory written; the caller checks the plugin first.
+pub fn deploy(dir: &Path, plugins_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context as _;
+    let located = Manifest::load(dir)?;
+    let manifest = &located.manifest;
+    let target = plugins_dir.join(&manifest.name);
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    let place = |from: &Path, name: &str| -> anyhow::Result<()> {
+        let temporary = target.join(format!(".{name}.deploying"));
+        std::fs::copy(from, &temporary)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), target.display()))?;
+        std::fs::rename(&temporary, target.join(name))
+            .with_context(|| format!("cannot move {name} into {}", target.display()))?;
+        Ok(())
+    };
+    place(&located.component_path, &manifest.component)?;
+    if let Some(schemas) = &manifest.schemas {
+        place(&dir.join(schemas), schemas)?;
+    }
+    let migrations = dir.join("migrations");
+    if migrations.is_dir() {
+        let temporary = target.join(".migrations.deploying");
+        let _ = std::fs::remove_dir_all(&temporary);
+        copy_tree(&migrations, &temporary)?;
+        let _ = std::fs::remove_dir_all(target.join("migrations"));
+        std::fs::rename(&temporary, target.join("migrations"))
+            .with_context(|| format!("cannot move migrations into {}", target.display()))?;
+    }
+    place(&located.manifest_path, "plugin.toml")?;
+    Ok(target)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.is_dir() {
+            copy_tree(&path, &to.join(entry.file_name()))?;
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
