@@ -65,7 +65,15 @@ pub fn create(
             files.push(("build.rs".into(), RUST_BUILD_RS.to_owned()));
             files.push((
                 "src/lib.rs".into(),
-                fill(RUST_LIB_RS).replace("{Variant}", &format!("{}Greet", camel(name))),
+                // Named as the plugin's build will name it (plinth-sdk-build).
+                fill(RUST_LIB_RS).replace(
+                    "{Variant}",
+                    &plinth_sdk_build::route_variant(
+                        "GET",
+                        &format!("/{name}/{{who}}"),
+                        Some(&format!("{name}_greet")),
+                    ),
+                ),
             ));
             files.push((
                 "plugin.toml".into(),
@@ -107,14 +115,6 @@ pub fn create(
         written.push(path);
     }
     Ok(written)
-}
-
-/// `read_user` → `ReadUser` (as plinth-sdk-build names a `Route` variant).
-fn camel(name: &str) -> String {
-    name.split('_')
-        .filter(|word| !word.is_empty())
-        .map(|word| word[..1].to_ascii_uppercase() + &word[1..])
-        .collect()
 }
 
 /// A `plinth` binary built in a checkout lives at `<checkout>/target/<profile>/plinth`.

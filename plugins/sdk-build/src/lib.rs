@@ -142,14 +142,19 @@ fn summary(text: &str) -> String {
     }
 }
 
-/// `read_user` → `ReadUser`; without an operation id, `GET /users/{id}/` →
-/// `GetUsersByIdSlash`.
 fn variant_name(route: &Route) -> String {
-    let words: Vec<String> = match &route.operation_id {
+    route_variant(&route.method, &route.path, route.operation_id.as_deref())
+}
+
+/// The `Route` variant of a route: from its operation id (`read_user` → `ReadUser`), else
+/// from its method and path (`GET /users/{id}/` → `GetUsersByIdSlash`). Public so that
+/// `plinth new` names the variant of the route it writes the same way.
+pub fn route_variant(method: &str, path: &str, operation_id: Option<&str>) -> String {
+    let words: Vec<String> = match operation_id {
         Some(id) => id.split('_').map(str::to_owned).collect(),
         None => {
-            let mut words = vec![route.method.to_ascii_lowercase()];
-            for segment in route.path.split('/').filter(|s| !s.is_empty()) {
+            let mut words = vec![method.to_ascii_lowercase()];
+            for segment in path.split('/').filter(|s| !s.is_empty()) {
                 match segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                     Some(param) => {
                         words.push("by".into());
@@ -162,7 +167,7 @@ fn variant_name(route: &Route) -> String {
                     ),
                 }
             }
-            if route.path.len() > 1 && route.path.ends_with('/') {
+            if path.len() > 1 && path.ends_with('/') {
                 words.push("slash".into());
             }
             words
