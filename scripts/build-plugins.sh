@@ -12,7 +12,7 @@ target=${CARGO_TARGET_DIR:-target}
 bash scripts/setup.sh
 
 deployed=(hello auth users)
-testing=(trap spin membomb badstatus versioned bigbody counter kvprobe nosy sqlprobe)
+testing=(trap spin membomb badstatus versioned bigbody counter kvprobe nosy sqlprobe wasihttp)
 only_deployed=false
 case "${BUILD_PLUGINS:-all}" in
   all) ;;

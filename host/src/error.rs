@@ -3,11 +3,12 @@
 //! Every non-2xx response the host itself produces goes through [`ApiError::into_response`],
 //! so the body always has docs/API.md's shape: `{"detail": ..., "code": ...}`. A 5xx detail is
 //! a fixed sentence chosen here: causes (trap messages, SQL, paths) go to the log, never to
-//! the client.
+//! the client. The codes are `plinth-codes`' [`ErrorCode`], the list plugins answer with too.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
+use plinth_codes::ErrorCode;
 use serde::Serialize;
 
 /// The body type of every response the host sends.
@@ -68,41 +69,29 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The status the code is sent with ([`ErrorCode::status`]).
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::NotAuthenticated => StatusCode::UNAUTHORIZED,
-            Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadRequestBody => StatusCode::BAD_REQUEST,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::PluginTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::Unavailable(_) | Self::Overloaded(_) | Self::TooManyConnections => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        }
+        StatusCode::from_u16(self.code().status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
-    pub fn code(&self) -> &'static str {
+    /// The `code` of the body: the vocabulary plugins share through `plinth-sdk`.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::NotFound => "NOT_FOUND",
-            Self::NotAuthenticated => "NOT_AUTHENTICATED",
-            Self::Forbidden => "FORBIDDEN",
-            Self::NotReady(_) => "UNAVAILABLE",
-            Self::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
-            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
-            Self::BadRequestBody => "BAD_REQUEST",
-            Self::RequestTimeout => "REQUEST_TIMEOUT",
-            Self::Validation(_) => "VALIDATION_ERROR",
-            Self::RateLimited => "RATE_LIMITED",
-            Self::PluginFailed(_) => "PLUGIN_FAILED",
-            Self::PluginTimeout => "PLUGIN_TIMEOUT",
-            Self::Unavailable(_) | Self::Overloaded(_) | Self::TooManyConnections => "UNAVAILABLE",
+            Self::NotFound => ErrorCode::NotFound,
+            Self::NotAuthenticated => ErrorCode::NotAuthenticated,
+            Self::Forbidden => ErrorCode::Forbidden,
+            Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+            Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Self::BadRequestBody => ErrorCode::BadRequest,
+            Self::RequestTimeout => ErrorCode::RequestTimeout,
+            Self::Validation(_) => ErrorCode::ValidationError,
+            Self::RateLimited => ErrorCode::RateLimited,
+            Self::PluginFailed(_) => ErrorCode::PluginFailed,
+            Self::PluginTimeout => ErrorCode::PluginTimeout,
+            Self::NotReady(_)
+            | Self::Unavailable(_)
+            | Self::Overloaded(_)
+            | Self::TooManyConnections => ErrorCode::Unavailable,
         }
     }
 
@@ -138,7 +127,7 @@ impl ApiError {
             self.status(),
             &ErrorBody {
                 detail: self.detail(),
-                code: self.code(),
+                code: self.code().as_str(),
             },
         );
         if let Self::MethodNotAllowed { allow } = &self

@@ -1,7 +1,8 @@
 //! `plinth`: the Plinth host. `plinth` (or `plinth serve`) serves, configured by the
 //! environment (README.md "Configuration"); `plinth check DIR` checks a plugin directory
 //! offline, as a host would load it; `plinth deploy DIR` checks, then copies it into
-//! PLUGINS_DIR; `plinth new NAME` starts a plugin project.
+//! PLUGINS_DIR; `plinth new NAME` starts a plugin project; `plinth build [DIR]` builds one
+//! into a plugin directory.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -57,6 +58,17 @@ enum Command {
         /// `plinth` was built in).
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
+    },
+    /// Build a plugin's component (Rust: cargo for wasm32-wasip2; Python: componentize-py)
+    /// and lay out its plugin directory (manifest, component, schemas, migrations), ready
+    /// for `check` and `deploy`. Prints the directory.
+    Build {
+        /// The plugin's sources: plugin.toml with Cargo.toml or app.py.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Where to lay it out, as OUT/<name> (default: the build's target/plinth).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Check a plugin directory as `check` does against PLUGINS_DIR, then copy it there the
     /// way a running host expects (files renamed into place, the manifest last), so a
@@ -116,6 +128,18 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     eprintln!("plinth deploy: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Build { dir, out }) => {
+            match plinth_host::plugins::build::build(&dir, out.as_deref()) {
+                Ok(built) => {
+                    let _ = writeln!(std::io::stdout().lock(), "{}", built.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("plinth build: {err:#}");
                     ExitCode::FAILURE
                 }
             }

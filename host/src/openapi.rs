@@ -431,6 +431,11 @@ impl ComponentNames {
 
 /// The shared error bodies (docs/API.md "Errors") and the host endpoints' bodies.
 fn host_schemas() -> Map<String, Value> {
+    let shared_codes = plinth_codes::ErrorCode::ALL
+        .iter()
+        .map(|code| format!("`{code}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let Value::Object(schemas) = json!({
         "Error": {
             "type": "object",
@@ -438,7 +443,7 @@ fn host_schemas() -> Map<String, Value> {
             "required": ["detail", "code"],
             "properties": {
                 "detail": {"type": "string", "description": "For people; never a cause from inside the host."},
-                "code": {"type": "string", "description": "For programs: `NOT_AUTHENTICATED`, `RATE_LIMITED`, ... (docs/API.md \"Errors\")."},
+                "code": {"type": "string", "description": format!("For programs. Shared by the host and every plugin: {shared_codes}; a plugin may add codes of its own domain (docs/API.md \"Errors\").")},
             },
         },
         "ValidationError": {
@@ -458,7 +463,7 @@ fn host_schemas() -> Map<String, Value> {
                         },
                     },
                 },
-                "code": {"type": "string", "const": "VALIDATION_ERROR"},
+                "code": {"type": "string", "const": plinth_codes::ErrorCode::ValidationError.as_str()},
             },
         },
         "Health": {

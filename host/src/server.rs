@@ -143,6 +143,11 @@ impl Application {
         })
     }
 
+    /// What every request shares: the plugin registry, the capabilities, the limits.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
     /// The bound address (the chosen port when `BIND_ADDR` ends in `:0`).
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)

@@ -27,6 +27,10 @@ pub struct Grants {
     pub tokens: BTreeSet<TokenOperation>,
     #[serde(default)]
     pub passwords: bool,
+    /// Authorities (`host` or `host:port`) a standard `wasi:http` component may send
+    /// requests to; none by default (see `outbound_http.rs`).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub outbound_http: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,6 +59,10 @@ impl Grants {
         if let Some(sql) = &mut self.sql {
             let data_set = sql.data_set.get_or_insert_with(|| plugin.to_owned());
             check_data_set_name(data_set)?;
+        }
+        for authority in &self.outbound_http {
+            super::outbound_http::check_authority(authority)
+                .map_err(|err| anyhow::anyhow!("outbound_http: {err}"))?;
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod bootstrap;
 pub mod grants;
 pub mod kv;
 pub mod log;
+pub mod outbound_http;
 pub mod passwords;
 pub mod policy;
 pub mod sql;
@@ -129,6 +130,10 @@ impl Capabilities {
             tokens: (!grants.tokens.is_empty())
                 .then(|| tokens::PluginTokens::new(self.tokens.clone(), grants.tokens.clone())),
             passwords: grants.passwords.then(|| self.passwords.clone()),
+            outbound_http: outbound_http::PluginOutbound::new(
+                plugin_name.clone(),
+                &grants.outbound_http,
+            ),
             host_calls: self.host_calls.clone(),
         })
     }
@@ -142,6 +147,7 @@ pub struct PluginCapabilities {
     kv: Option<kv::PluginKv>,
     tokens: Option<tokens::PluginTokens>,
     passwords: Option<Arc<passwords::PasswordService>>,
+    outbound_http: outbound_http::PluginOutbound,
     host_calls: HostCalls,
 }
 
@@ -162,6 +168,7 @@ impl PluginCapabilities {
                 self.passwords.clone(),
                 self.host_calls.clone(),
             ),
+            outbound_http: self.outbound_http.instance(),
         }
     }
 }
@@ -174,6 +181,8 @@ pub struct InstanceCapabilities {
     pub kv: kv::KvInstance,
     pub tokens: tokens::TokensInstance,
     pub passwords: passwords::PasswordsInstance,
+    /// The `wasi:http` hooks of a standard component's store (unused by Plinth-world ones).
+    pub outbound_http: outbound_http::OutboundInstance,
 }
 
 /// Store data that holds an [`InstanceCapabilities`] (the runtime's `InstanceState`).

@@ -16,6 +16,9 @@
 //! kv = true
 //! tokens = ["issue", "verify", "revoke"]
 //! passwords = true
+//!
+//! [plugins.weather]          # a standard wasi:http component
+//! outbound_http = ["api.weather.example"]
 //! ```
 //!
 //! Without `PLUGINS_POLICY` (refused when `APP_ENV=production`) the shipped policy,
@@ -59,6 +62,9 @@ pub struct Allowance {
     tokens: BTreeSet<TokenOperation>,
     #[serde(default)]
     passwords: bool,
+    /// Authorities a standard `wasi:http` component may be granted to send requests to.
+    #[serde(default)]
+    outbound_http: BTreeSet<String>,
 }
 
 impl Policy {
@@ -147,6 +153,9 @@ impl Policy {
         if grants.passwords && !allowance.passwords {
             refused.push("`passwords`".into());
         }
+        for authority in grants.outbound_http.difference(&allowance.outbound_http) {
+            refused.push(format!("`outbound_http` to {authority}"));
+        }
         if refused.is_empty() {
             return Ok(());
         }
@@ -195,6 +204,10 @@ fn describe_for(allowance: &Allowance, plugin: &str) -> String {
     }
     if allowance.passwords {
         parts.push("`passwords`".into());
+    }
+    if !allowance.outbound_http.is_empty() {
+        let to: Vec<&str> = allowance.outbound_http.iter().map(String::as_str).collect();
+        parts.push(format!("`outbound_http` to {}", to.join(", ")));
     }
     if parts.is_empty() {
         "only `log`".into()

@@ -162,7 +162,7 @@ pub fn deploy(dir: &Path, plugins_dir: &Path) -> anyhow::Result<std::path::PathB
     Ok(target)
 }
 
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub(super) fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

@@ -8,12 +8,14 @@
 //! of it happens off the request path; the request path only ever instantiates a ready
 //! [`runtime::ReadyComponent`].
 
+pub mod build;
 pub mod check;
 pub mod description;
 pub mod guest_output;
 pub mod manifest;
 pub mod routes;
 pub mod runtime;
+pub mod wasi_http;
 pub mod watcher;
 
 use std::path::{Path, PathBuf};
@@ -29,7 +31,8 @@ use crate::bindings::PluginPre;
 use crate::capabilities::{self, Capabilities};
 use manifest::{LocatedManifest, Manifest};
 use routes::RouteTable;
-use runtime::{InstanceState, PluginEngine, ReadyComponent};
+use runtime::{Entry, InstanceState, PluginEngine, ReadyComponent};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// The WIT package whose interfaces are capabilities (and whose `handler` is the export).
 const PLUGIN_PACKAGE: &str = "plinth:plugin/";
@@ -105,7 +108,7 @@ impl LoadedPlugin {
         check_imports(engine, &component, &manifest)
             .with_context(|| format!("{}: imports beyond its grants", manifest_path.display()))?;
 
-        let pre = link(engine, &component, &manifest)
+        let entry = link(engine, &component, &manifest)
             .with_context(|| format!("{}: cannot be linked", component_path.display()))?;
         let plugin_capabilities = capabilities
             .for_plugin(
@@ -140,7 +143,7 @@ impl LoadedPlugin {
                 ticker: engine.ticker(),
                 heavy_lanes: engine.heavy_lanes(),
                 heavy: runtime::HeavyMark::default(),
-                pre,
+                entry,
                 plugin_name: Arc::from(manifest.name.as_str()),
                 capabilities: plugin_capabilities,
                 memory_bytes: manifest.limits.memory_bytes(),
@@ -175,15 +178,34 @@ impl LoadedPlugin {
 /// WASI imports are linked for every plugin with an empty context (no files, network or
 /// environment), so they need no grant.
 /// Links `component` with WASI and the capabilities `manifest` grants, nothing else.
+/// A standard `wasi:http` component (one exporting `wasi:http/incoming-handler`) also gets
+/// `wasi:http` ([`wasi_http`]); a Plinth one must export `plinth:plugin/handler`.
 fn link(
     engine: &PluginEngine,
     component: &Component,
     manifest: &Manifest,
-) -> anyhow::Result<PluginPre<InstanceState>> {
+) -> anyhow::Result<Entry> {
     let mut linker = Linker::<InstanceState>::new(engine.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     capabilities::link_granted(&mut linker, &manifest.capabilities)?;
-    Ok(linker.instantiate_pre(component).and_then(PluginPre::new)?)
+    if wasi_http::exports_incoming_handler(engine.engine(), component) {
+        anyhow::ensure!(
+            manifest.limits.reuse_instance_for == 0,
+            "`limits.reuse_instance_for` is for Plinth-world plugins; a wasi:http component \
+             gets a fresh instance per request"
+        );
+        wasi_http::link(&mut linker)?;
+        let pre = linker.instantiate_pre(component)?;
+        return Ok(Entry::WasiHttp(ProxyPre::new(pre)?));
+    }
+    anyhow::ensure!(
+        manifest.capabilities.outbound_http.is_empty(),
+        "`outbound_http` is for standard wasi:http components; this one exports \
+         plinth:plugin/handler"
+    );
+    Ok(Entry::Plinth(
+        linker.instantiate_pre(component).and_then(PluginPre::new)?,
+    ))
 }
 
 fn check_imports(

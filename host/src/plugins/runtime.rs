@@ -35,12 +35,15 @@ use wasmtime::{
     ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{Plugin, PluginPre, Request, Response};
 use crate::bounded::{BoundedSemaphore, Refusal};
 use crate::capabilities::{CapabilityView, InstanceCapabilities, PluginCapabilities};
 use crate::plugins::guest_output::{GuestOutput, GuestStream};
 use crate::plugins::manifest::Limits;
+use crate::plugins::wasi_http;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces::trace_span;
 
@@ -353,6 +356,8 @@ impl Drop for EpochTicking {
 /// the plugin's capabilities for this request.
 pub struct InstanceState {
     wasi: WasiCtx,
+    /// `wasi:http`'s context (used by standard components only; a few bytes otherwise).
+    http: WasiHttpCtx,
     table: ResourceTable,
     limits: TrackedLimits,
     capabilities: InstanceCapabilities,
@@ -383,6 +388,24 @@ impl WasiView for InstanceState {
             table: &mut self.table,
         }
     }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            // Outgoing requests go only where the grant says.
+            hooks: &mut self.capabilities.outbound_http,
+        }
+    }
+}
+
+/// What the host calls in a component: Plinth's `handler`, or the standard
+/// `wasi:http/incoming-handler` ([`super::wasi_http`]).
+pub(crate) enum Entry {
+    Plinth(PluginPre<InstanceState>),
+    WasiHttp(ProxyPre<InstanceState>),
 }
 
 /// Why a plugin call produced no usable response.
@@ -584,7 +607,7 @@ pub struct ReadyComponent {
     pub(crate) ticker: EpochTicker,
     pub(crate) heavy_lanes: HeavyLanes,
     pub(crate) heavy: HeavyMark,
-    pub(crate) pre: PluginPre<InstanceState>,
+    pub(crate) entry: Entry,
     pub(crate) plugin_name: Arc<str>,
     pub(crate) capabilities: PluginCapabilities,
     pub(crate) memory_bytes: usize,
@@ -631,11 +654,11 @@ impl ReadyComponent {
     /// (e.g. its initial memory exceeds its limit) is refused before it is swapped in.
     pub async fn smoke_test(&self) -> anyhow::Result<()> {
         let mut store = self.new_store(Arc::from("smoke-test"));
-        self.pre
-            .instantiate_async(&mut store)
-            .await
-            .map(drop)
-            .map_err(|err| anyhow::anyhow!("instantiating the component failed: {err:#}"))
+        match &self.entry {
+            Entry::Plinth(pre) => pre.instantiate_async(&mut store).await.map(drop),
+            Entry::WasiHttp(pre) => pre.instantiate_async(&mut store).await.map(drop),
+        }
+        .map_err(|err| anyhow::anyhow!("instantiating the component failed: {err:#}"))
     }
 
     async fn run(&self, request: &Request) -> Result<Response, PluginFailure> {
@@ -671,12 +694,34 @@ impl ReadyComponent {
             }
         };
         let run = async {
+            let pre = match &self.entry {
+                Entry::Plinth(pre) => pre,
+                Entry::WasiHttp(pre) => {
+                    let started = Instant::now();
+                    let proxy = pre
+                        .instantiate_async(&mut store)
+                        .instrument(trace_span!("instantiate"))
+                        .await
+                        .map_err(|err| self.classify(err, true))?;
+                    self.counters
+                        .instantiation
+                        .observe(started.elapsed().as_secs_f64());
+                    return wasi_http::handle(&proxy, &mut store, request, self.max_response_bytes)
+                        .instrument(trace_span!("guest call", plinth.plugin = %self.plugin_name))
+                        .await
+                        .map_err(|failure| match failure {
+                            wasi_http::Failure::Trap(err) => self.classify(err, false),
+                            wasi_http::Failure::Invalid(message) => {
+                                PluginFailure::InvalidResponse(message)
+                            }
+                        });
+                }
+            };
             let instance = match &mut instance {
                 Some(instance) => instance,
                 None => {
                     let started = Instant::now();
-                    let fresh = self
-                        .pre
+                    let fresh = pre
                         .instantiate_async(&mut store)
                         .instrument(trace_span!("instantiate"))
                         .await
@@ -800,6 +845,7 @@ impl ReadyComponent {
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
                 .build(),
+            http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limits: TrackedLimits {
                 limits: StoreLimitsBuilder::new()

@@ -23,7 +23,7 @@
 use plinth_accounts::{self as accounts, NewUser, User};
 use plinth_sdk::tokens::{self, TokenKind};
 use plinth_sdk::validation::Fields;
-use plinth_sdk::{Handler, Request, Response, kv, passwords, respond};
+use plinth_sdk::{ErrorCode, Handler, Request, Response, kv, passwords, respond};
 
 /// Failed logins one account may have within a window before login answers 429
 /// (documented in the README, "Behaviour where docs/API.md is silent").
@@ -59,12 +59,10 @@ plinth_sdk::export_plugin!(Auth);
 fn register(request: &Request) -> Result<Response, Response> {
     let mut body = Fields::from_json_request(request)?;
     let fields = accounts::read_account(&mut body);
-    body.finish(&["email", "username", "password", "full_name"])?;
-    let (Some(email), Some(username), Some(password)) =
-        (fields.email, fields.username, fields.password)
-    else {
-        return Err(Response::internal("validation passed without values"));
-    };
+    let (email, username, password) = body.finish_with(
+        &["email", "username", "password", "full_name"],
+        (fields.email, fields.username, fields.password),
+    )?;
 
     let hashed_password = passwords::hash(&password)?;
     let user = accounts::insert(NewUser {
@@ -110,24 +108,22 @@ fn login(request: &Request) -> Result<Response, Response> {
         let login = form.required_str("username");
         let password = form.required_str("password");
         // The OAuth2 password flow may send these; they carry no meaning here.
-        form.finish(&[
-            "username",
-            "password",
-            "grant_type",
-            "scope",
-            "client_id",
-            "client_secret",
-        ])?;
-        (login, password)
+        form.finish_with(
+            &[
+                "username",
+                "password",
+                "grant_type",
+                "scope",
+                "client_id",
+                "client_secret",
+            ],
+            (login, password),
+        )?
     } else {
         let mut body = Fields::from_json(&request.body)?;
         let login = body.required_str("email");
         let password = body.required_str("password");
-        body.finish(&["email", "password"])?;
-        (login, password)
-    };
-    let (Some(login), Some(password)) = (login, password) else {
-        return Err(Response::internal("validation passed without values"));
+        body.finish_with(&["email", "password"], (login, password))?
     };
 
     // Unknown account, wrong password and inactive account: the same answer, after the
@@ -209,9 +205,8 @@ impl FailedLogins {
     }
 
     fn refusal(&self) -> Response {
-        Response::error(
-            429,
-            "RATE_LIMITED",
+        Response::code(
+            ErrorCode::RateLimited,
             "Too many failed logins for this account; retry later",
         )
         .with_header("retry-after", &self.window_left.max(1).to_string())
@@ -242,12 +237,12 @@ fn refresh(request: &Request) -> Result<Response, Response> {
         _ => return Err(invalid_token()),
     }
 
-    let access = tokens::issue(&claims.subject, TokenKind::Access).map_err(token_error)?;
+    let access = tokens::issue(&claims.subject, TokenKind::Access)?;
     let refresh = tokens::issue_refresh(&claims.subject, link.started_at).map_err(|err| {
         match err {
             // The chain reached its absolute lifetime.
             tokens::Error::Expired => invalid_token(),
-            other => token_error(other),
+            other => other.into(),
         }
     })?;
     let ttl = Some(remaining_ms(refresh.claims.expires_at));
@@ -404,7 +399,7 @@ fn logout(request: &Request) -> Result<Response, Response> {
     }
     // The access token sent along stops working at once (deny-listed until its exp).
     if let Some(principal) = &request.principal {
-        tokens::revoke(&principal.token_id, principal.expires_at).map_err(token_error)?;
+        tokens::revoke(&principal.token_id, principal.expires_at)?;
     }
     Ok(Response::empty(204))
 }
@@ -431,13 +426,6 @@ fn chain_of(token_id: &str) -> Result<Option<String>, Response> {
     Ok(kv::get(&format!("refresh:{token_id}"))?.and_then(|bytes| String::from_utf8(bytes).ok()))
 }
 
-fn token_error(err: tokens::Error) -> Response {
-    match err {
-        tokens::Error::Unavailable => Response::unavailable("token store"),
-        other => Response::internal(&format!("tokens: {other:?}")),
-    }
-}
-
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -459,8 +447,8 @@ struct TokenPair {
 
 /// Issues an access + refresh pair whose refresh token starts a new chain (at login).
 fn issue_pair(subject: &str) -> Result<TokenPair, Response> {
-    let access = tokens::issue(subject, TokenKind::Access).map_err(token_error)?;
-    let refresh = tokens::issue(subject, TokenKind::Refresh).map_err(token_error)?;
+    let access = tokens::issue(subject, TokenKind::Access)?;
+    let refresh = tokens::issue(subject, TokenKind::Refresh)?;
     let chain = &refresh.claims.token_id;
     let ttl = Some(remaining_ms(refresh.claims.expires_at));
     let link = ChainLink {

@@ -38,6 +38,9 @@ pub mod bindings {
 
 pub mod db;
 pub mod time;
+
+/// The error codes the host and plugins share (docs/API.md "Errors").
+pub use plinth_codes::ErrorCode;
 pub mod validation;
 
 pub use bindings::exports::plinth::plugin::handler::Guest as Handler;
@@ -129,11 +132,17 @@ impl Response {
                 )],
                 body: bytes,
             },
-            Err(_) => Self::error(500, "PLUGIN_FAILED", "The response could not be encoded"),
+            Err(_) => Self::code(ErrorCode::PluginFailed, "The response could not be encoded"),
         }
     }
 
-    /// docs/API.md's error shape: `{"detail": ..., "code": ...}`.
+    /// An error of the vocabulary the host shares ([`ErrorCode`]), with its status.
+    pub fn code(code: ErrorCode, detail: &str) -> Self {
+        Self::error(code.status(), code.as_str(), detail)
+    }
+
+    /// docs/API.md's error shape: `{"detail": ..., "code": ...}`, for a code of the
+    /// plugin's own domain (`EMAIL_TAKEN`, ...); the shared ones go through [`Response::code`].
     pub fn error(status: u16, code: &str, detail: &str) -> Self {
         Self::json(
             status,
@@ -158,34 +167,32 @@ impl Response {
 
     /// 401 `NOT_AUTHENTICATED` with `WWW-Authenticate: Bearer`.
     pub fn not_authenticated() -> Self {
-        Self::error(401, "NOT_AUTHENTICATED", "Not authenticated")
+        Self::code(ErrorCode::NotAuthenticated, "Not authenticated")
             .with_header("www-authenticate", "Bearer")
     }
 
     /// 403 `FORBIDDEN`.
     pub fn forbidden(detail: &str) -> Self {
-        Self::error(403, "FORBIDDEN", detail)
+        Self::code(ErrorCode::Forbidden, detail)
     }
 
     /// 404 `NOT_FOUND`.
     pub fn not_found(detail: &str) -> Self {
-        Self::error(404, "NOT_FOUND", detail)
+        Self::code(ErrorCode::NotFound, detail)
     }
 
     /// 415 `UNSUPPORTED_MEDIA_TYPE`: the body was not sent as one of `accepted`.
     pub fn unsupported_media_type(accepted: &[&str]) -> Self {
-        Self::error(
-            415,
-            "UNSUPPORTED_MEDIA_TYPE",
+        Self::code(
+            ErrorCode::UnsupportedMediaType,
             &format!("The request body must be sent as {}", accepted.join(" or ")),
         )
     }
 
     /// 503 `UNAVAILABLE`: a backend the request needs cannot be reached.
     pub fn unavailable(backend: &str) -> Self {
-        Self::error(
-            503,
-            "UNAVAILABLE",
+        Self::code(
+            ErrorCode::Unavailable,
             &format!("A required backend is unavailable: {backend}"),
         )
     }
@@ -194,7 +201,7 @@ impl Response {
     /// plugin's side; `cause` goes to the log, not to the client.
     pub fn internal(cause: &str) -> Self {
         log::error(cause);
-        Self::error(500, "PLUGIN_FAILED", "Internal error")
+        Self::code(ErrorCode::PluginFailed, "Internal error")
     }
 
     /// For a request whose route the plugin's `Route` enum (plinth-sdk-build) does not
@@ -214,9 +221,8 @@ impl From<sql::Error> for Response {
     fn from(err: sql::Error) -> Self {
         match err {
             sql::Error::Unavailable => Self::unavailable("database"),
-            sql::Error::TimedOut => Self::error(
-                504,
-                "PLUGIN_TIMEOUT",
+            sql::Error::TimedOut => Self::code(
+                ErrorCode::PluginTimeout,
                 "The request took longer than its time limit",
             ),
             other => Self::internal(&format!("sql: {other:?}")),
@@ -229,6 +235,18 @@ impl From<kv::Error> for Response {
         match err {
             kv::Error::Unavailable => Self::unavailable("key-value store"),
             other => Self::internal(&format!("kv: {other:?}")),
+        }
+    }
+}
+
+/// Only `unavailable` has one meaning for every endpoint; what an invalid, expired or revoked
+/// token means (a 401 of which code?) is the plugin's call, so those are internal errors
+/// here: match them before `?` where they can happen.
+impl From<tokens::Error> for Response {
+    fn from(err: tokens::Error) -> Self {
+        match err {
+            tokens::Error::Unavailable => Self::unavailable("token store"),
+            other => Self::internal(&format!("tokens: {other:?}")),
         }
     }
 }

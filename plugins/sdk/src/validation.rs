@@ -36,7 +36,7 @@ impl Issue {
 pub fn unprocessable(issues: Vec<Issue>) -> Response {
     Response::json(
         422,
-        &serde_json::json!({ "detail": issues, "code": "VALIDATION_ERROR" }),
+        &serde_json::json!({ "detail": issues, "code": crate::ErrorCode::ValidationError.as_str() }),
     )
 }
 
@@ -218,6 +218,29 @@ impl Fields {
         }
     }
 
+    /// [`finish`](Self::finish), then the values of the `required_*` reads, unwrapped: a
+    /// missing or invalid one was recorded as a problem, so when validation passes they are
+    /// all there.
+    ///
+    /// ```ignore
+    /// let email = body.required_str("email");
+    /// let password = body.required_str("password");
+    /// let (email, password) = body.finish_with(&["email", "password"], (email, password))?;
+    /// ```
+    pub fn finish_with<V: Required>(
+        self,
+        allowed: &[&str],
+        values: V,
+    ) -> Result<V::Values, Response> {
+        self.finish(allowed)?;
+        values.present().ok_or_else(|| {
+            Response::internal(
+                "Fields::finish_with got an absent value no required_* read recorded as a \
+                 problem: pass only the results of required reads",
+            )
+        })
+    }
+
     /// Like [`finish`](Self::finish) but ignores unknown fields (query strings).
     pub fn finish_lenient(self) -> Result<(), Response> {
         if self.issues.is_empty() {
@@ -225,6 +248,42 @@ impl Fields {
         } else {
             Err(unprocessable(self.issues))
         }
+    }
+}
+
+/// The results of `required_*` reads, as [`Fields::finish_with`] takes them: one
+/// `Option` or a tuple of up to four.
+pub trait Required {
+    type Values;
+    /// All the values, or `None` if one is absent.
+    fn present(self) -> Option<Self::Values>;
+}
+
+impl<A> Required for Option<A> {
+    type Values = A;
+    fn present(self) -> Option<A> {
+        self
+    }
+}
+
+impl<A, B> Required for (Option<A>, Option<B>) {
+    type Values = (A, B);
+    fn present(self) -> Option<(A, B)> {
+        Some((self.0?, self.1?))
+    }
+}
+
+impl<A, B, C> Required for (Option<A>, Option<B>, Option<C>) {
+    type Values = (A, B, C);
+    fn present(self) -> Option<(A, B, C)> {
+        Some((self.0?, self.1?, self.2?))
+    }
+}
+
+impl<A, B, C, D> Required for (Option<A>, Option<B>, Option<C>, Option<D>) {
+    type Values = (A, B, C, D);
+    fn present(self) -> Option<(A, B, C, D)> {
+        Some((self.0?, self.1?, self.2?, self.3?))
     }
 }
 
@@ -267,6 +326,34 @@ pub fn is_valid_email(email: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finish_with_gives_the_required_values_or_every_problem() {
+        let mut body = Fields::from_json(br#"{"email": "a@b.io", "password": "pw"}"#)
+            .unwrap_or_else(|_| panic!("a JSON object"));
+        let email = body.required_str("email");
+        let password = body.required_str("password");
+        let values = body.finish_with(&["email", "password"], (email, password));
+        assert_eq!(values.ok(), Some(("a@b.io".to_owned(), "pw".to_owned())));
+
+        let mut body = Fields::from_json(br#"{"email": 5, "extra": 1}"#)
+            .unwrap_or_else(|_| panic!("a JSON object"));
+        let email = body.required_str("email");
+        let password = body.required_str("password");
+        let refused = body.finish_with(&["email", "password"], (email, password));
+        let Err(response) = refused else {
+            panic!("invalid input passed")
+        };
+        assert_eq!(response.status, 422);
+        let body: Value = serde_json::from_slice(&response.body).unwrap_or_default();
+        let kinds: Vec<&str> = body["detail"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|issue| issue["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["string_type", "missing", "extra_forbidden"]);
+    }
 
     #[test]
     fn control_characters() {

@@ -108,10 +108,7 @@ fn change_password(request: &Request, me: &User) -> Result<Response, Response> {
             "value_error",
         );
     }
-    body.finish(&["current_password", "new_password"])?;
-    let (Some(current), Some(new)) = (current, new) else {
-        return Err(Response::internal("validation passed without values"));
-    };
+    let (current, new) = body.finish_with(&["current_password", "new_password"], (current, new))?;
     if !passwords::verify(&current, Some(&me.hashed_password)).unwrap_or(false) {
         return Err(Response::error(
             400,
@@ -171,19 +168,17 @@ fn create(request: &Request, me: &User) -> Result<Response, Response> {
     let fields = accounts::read_account(&mut body);
     let is_active = body.optional_bool("is_active");
     let is_superuser = body.optional_bool("is_superuser");
-    body.finish(&[
-        "email",
-        "username",
-        "password",
-        "full_name",
-        "is_active",
-        "is_superuser",
-    ])?;
-    let (Some(email), Some(username), Some(password)) =
-        (fields.email, fields.username, fields.password)
-    else {
-        return Err(Response::internal("validation passed without values"));
-    };
+    let (email, username, password) = body.finish_with(
+        &[
+            "email",
+            "username",
+            "password",
+            "full_name",
+            "is_active",
+            "is_superuser",
+        ],
+        (fields.email, fields.username, fields.password),
+    )?;
     let user = accounts::insert(NewUser {
         email,
         username,
