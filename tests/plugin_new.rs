@@ -24,26 +24,68 @@ fn plinth_new(name: &str, lang: &str, dir: &Path) {
     assert!(text.contains("README.md"), "{text}");
 }
 
-/// Lays out `plugin.toml` and the component as a deployable directory, checks it as a
-/// host would, and asks a host serving it for a greeting.
-async fn deploy_and_greet(name: &str, project: &Path, component: &Path) {
-    let plugins = PluginsDir::new();
-    let dir = plugins.path().join(name);
-    std::fs::create_dir_all(&dir).expect("plugin dir");
-    std::fs::copy(project.join("plugin.toml"), dir.join("plugin.toml")).expect("manifest");
-    std::fs::copy(component, dir.join(format!("{name}.wasm"))).expect("component");
+/// `plinth build` in `project` (as its README says), with the workspace's target
+/// directory (offline and quick: the checkout's lock file pins what the workspace built);
+/// the plugin directory it printed.
+fn plinth_build(project: &Path) -> PathBuf {
+    let output = Command::new(plinth_bin())
+        .arg("build")
+        .current_dir(project)
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env("CARGO_NET_OFFLINE", "true")
+        // scripts/build-plugins.sh installed the pinned componentize-py here.
+        .env(
+            "COMPONENTIZE_PY",
+            target_dir().join("py-venv/bin/componentize-py"),
+        )
+        .output()
+        .expect("running plinth build");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "plinth build failed:\n{stdout}{stderr}"
+    );
+    // Its output is the plugin directory (the toolchain's progress goes to stderr).
+    let built = PathBuf::from(stdout.trim());
+    assert!(built.join("plugin.toml").is_file(), "{stdout}{stderr}");
+    built
+}
 
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from)
+}
+
+/// Checks the built plugin directory as a host would, deploys it into a running host's
+/// watched `PLUGINS_DIR`, and asks for a greeting once it serves.
+async fn check_deploy_and_greet(name: &str, built: &Path) {
     let text = run(Command::new(plinth_bin())
         .arg("check")
-        .arg(&dir)
+        .arg(built)
         .env_remove("PLUGINS_POLICY"));
     assert!(
         text.contains(&format!("{name} 0.1.0: ok (1 routes)")),
         "{text}"
     );
 
+    let plugins = PluginsDir::new();
     let host = TestHost::start(&plugins);
-    let response = host.get(&format!("/{name}/ana")).await;
+    run(Command::new(plinth_bin())
+        .arg("deploy")
+        .arg(built)
+        .arg("--plugins-dir")
+        .arg(plugins.path())
+        .env_remove("PLUGINS_POLICY"));
+    // The watching host compiles it first: seconds for Rust, tens of seconds for the
+    // CPython a Python component carries (on two busy cores).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let response = loop {
+        let response = host.get(&format!("/{name}/ana")).await;
+        if response.status() != 404 || std::time::Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(response.status(), 200);
     let body: serde_json::Value = response.json().await.expect("JSON");
     assert_eq!(body, serde_json::json!({"message": "Hello, ana!"}));
@@ -60,30 +102,22 @@ async fn a_new_rust_plugin_tests_builds_checks_and_serves() {
     let project = work.path().join("greeter_rs");
     plinth_new("greeter_rs", "rust", &project);
 
-    // Offline and quick: the checkout's lock file pins what the workspace already built,
-    // and the shared target directory holds it.
     std::fs::copy(repo_root().join("Cargo.lock"), project.join("Cargo.lock")).expect("lock");
-    let target: PathBuf = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| repo_root().join("target"), PathBuf::from);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Its unit test, and tests/serve.rs: the component in an in-process host (plinth-harness).
     let text = run(Command::new(&cargo)
         .args(["test", "--offline", "--release"])
         .current_dir(&project)
-        .env("CARGO_TARGET_DIR", &target));
-    assert!(text.contains("greets_by_name ... ok"), "{text}");
-    run(Command::new(&cargo)
-        .args([
-            "build",
-            "--offline",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .current_dir(&project)
-        .env("CARGO_TARGET_DIR", &target));
-
-    let component = target.join("wasm32-wasip2/release/plinth_plugin_greeter_rs.wasm");
-    deploy_and_greet("greeter_rs", &project, &component).await;
+        .env("CARGO_TARGET_DIR", target_dir()));
+    for test in [
+        "greets_by_name ... ok",
+        "greets_over_http ... ok",
+        "the_host_answers_what_the_manifest_does_not_declare ... ok",
+    ] {
+        assert!(text.contains(test), "{test}: {text}");
+    }
+    let built = plinth_build(&project);
+    check_deploy_and_greet("greeter_rs", &built).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,16 +130,9 @@ async fn a_new_python_plugin_tests_builds_checks_and_serves() {
         .arg("test_app.py")
         .current_dir(&project));
     assert!(text.contains("OK"), "{text}");
-    // scripts/build-plugins.sh installed the pinned componentize-py here.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| repo_root().join("target"), PathBuf::from);
-    let component = work.path().join("greeter_py.wasm");
-    run(Command::new(target.join("py-venv/bin/componentize-py"))
-        .args(["-d", "wit", "-w", "plugin-kv", "componentize", "app", "-o"])
-        .arg(&component)
-        .current_dir(&project)
-        .env("PYTHONDONTWRITEBYTECODE", "1"));
-    deploy_and_greet("greeter_py", &project, &component).await;
+    let built = plinth_build(&project);
+    assert_eq!(built, project.join("target/plinth/greeter_py"));
+    check_deploy_and_greet("greeter_py", &built).await;
 }
 
 #[test]

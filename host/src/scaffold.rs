@@ -20,6 +20,7 @@ const PLUGIN_TOML: &str = include_str!("../templates/plugin.toml");
 const RUST_CARGO_TOML: &str = include_str!("../templates/rust-Cargo.toml");
 const RUST_BUILD_RS: &str = include_str!("../templates/rust-build.rs");
 const RUST_LIB_RS: &str = include_str!("../templates/rust-lib.rs");
+const RUST_TEST_SERVE: &str = include_str!("../templates/rust-test-serve.rs");
 const PYTHON_APP: &str = include_str!("../templates/python-app.py");
 const PYTHON_TEST: &str = include_str!("../templates/python-test_app.py");
 const WIT: &str = include_str!("../../wit/plugin.wit");
@@ -75,6 +76,7 @@ pub fn create(
                     ),
                 ),
             ));
+            files.push(("tests/serve.rs".into(), fill(RUST_TEST_SERVE)));
             files.push((
                 "plugin.toml".into(),
                 fill(PLUGIN_TOML)
@@ -137,17 +139,17 @@ fn rust_readme(name: &str) -> String {
          A Plinth plugin made by `plinth new`. `GET /{name}/{{who}}` answers\n\
          `{{\"message\": \"Hello, <who>!\"}}`.\n\n\
          ```sh\n\
-         cargo test                                          # its unit test\n\
          rustup target add wasm32-wasip2                     # once\n\
-         cargo build --release --target wasm32-wasip2        # the component\n\
-         mkdir -p deploy/{name}\n\
-         cp plugin.toml deploy/{name}/ && cp target/wasm32-wasip2/release/plinth_plugin_{name}.wasm deploy/{name}/{name}.wasm\n\
-         plinth deploy deploy/{name} --plugins-dir \"$PLUGINS_DIR\"  # checked, then copied in: a watching host serves it\n\
+         cargo test                                          # unit test, and the component in a real host (tests/serve.rs)\n\
+         plinth build                                        # the component, laid out as a plugin directory (printed)\n\
+         plinth check target/plinth/{name}                   # as a host would load it\n\
+         plinth deploy target/plinth/{name} --plugins-dir \"$PLUGINS_DIR\"  # checked, then copied in: a watching host serves it\n\
          ```\n\n\
          Routes are declared once, in `plugin.toml`: `build.rs` turns them into the `Route`\n\
          enum `src/lib.rs` matches on, so a route without a handler does not compile. What a\n\
          route says about itself there (summary, parameters, schemas) is what clients read in\n\
-         the host's `/openapi.json`.\n"
+         the host's `/openapi.json`. `tests/serve.rs` uses plinth-harness: the first `cargo test`\n\
+         compiles a Plinth host into the test (minutes), later runs take seconds.\n"
     )
 }
 
@@ -159,9 +161,9 @@ fn python_readme(name: &str) -> String {
          ```sh\n\
          python3 test_app.py                                  # its unit test\n\
          pip install componentize-py==0.25.1                  # once (Plinth's scripts use this version)\n\
-         mkdir -p deploy/{name} && cp plugin.toml deploy/{name}/\n\
-         componentize-py -d wit -w plugin-kv componentize app -o deploy/{name}/{name}.wasm\n\
-         plinth deploy deploy/{name} --plugins-dir \"$PLUGINS_DIR\"  # checked, then copied in: a watching host serves it\n\
+         plinth build                                         # componentize-py, laid out as target/plinth/{name}\n\
+         plinth check target/plinth/{name}                    # as a host would load it\n\
+         plinth deploy target/plinth/{name} --plugins-dir \"$PLUGINS_DIR\"  # checked, then copied in: a watching host serves it\n\
          ```\n\n\
          `wit/plugin.wit` is the contract with the host (copied from Plinth); the `plugin-kv`\n\
          world gives `log` and `kv` (`wit_world.imports.kv`), which the manifest grants.\n"

@@ -12,7 +12,9 @@ impl Handler for Plugin {
     fn handle(request: Request) -> Response {
         match Route::of(&request) {
             Some(Route::{Variant}) => {
-                Response::json(200, &greeting(request.param("who").unwrap_or_default()))
+                let who = request.param("who").unwrap_or_default();
+                plinth_sdk::log::info(&format!("greeting {who}"));
+                Response::json(200, &greeting(who))
             }
             None => Response::undeclared_route(&request),
         }

@@ -48,7 +48,7 @@ pub fn build(source: &Path, out_parent: Option<&Path>) -> anyhow::Result<PathBuf
         (None, Some(target)) => target.join("plinth"),
         (None, None) => source.join("target/plinth"),
     };
-    let out = out_parent.join(&manifest.name);
+    let out = std::path::absolute(out_parent.join(&manifest.name))?;
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("cannot clear {}", out.display()))?;
     }
