@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds every plugin (Rust: `cargo build --target wasm32-wasip2`; Python: componentize-py)
+# Builds every plugin (Rust: `cargo build --target wasm32-wasip2`; Python: componentize-py;
+# JavaScript: componentize-js)
 # and lays them out as deployable plugin directories:
 #   target/plugins/<name>/{plugin.toml,<name>.wasm}        deployed by default
 #   target/test-plugins/<name>/{plugin.toml,<name>.wasm}   for tests only, never deployed
@@ -94,6 +95,36 @@ for src in plugins/python/*/; do
       -o "$dest/$component.tmp" >/dev/null
     mv "$dest/$component.tmp" "$dest/$component"
     echo "$built_from" > "$py_venv/built/$name"
+  fi
+  for file in schemas.json plugin.toml; do
+    [ -f "$src/$file" ] && cp "$src/$file" "$dest/$file.tmp" && mv "$dest/$file.tmp" "$dest/$file"
+  done
+done
+
+# Plugins in JavaScript, built by componentize-js (pinned in plugins/js/package-lock.json,
+# installed once into target/js-tools) from plugins/js/<dir>/app.js against wit/'s
+# `plugin-kv` world, laid out with the test plugins under the manifest's name. A build
+# takes half a minute (the component carries SpiderMonkey): skipped while its sources, the
+# WIT and the toolchain are unchanged.
+js_tools="$target/js-tools"
+if ! cmp -s plugins/js/package-lock.json "$js_tools/package-lock.json" 2>/dev/null; then
+  echo "build-plugins: installing componentize-js (plugins/js/package-lock.json) into $js_tools" >&2
+  rm -rf "$js_tools"
+  mkdir -p "$js_tools"
+  cp plugins/js/package.json plugins/js/package-lock.json "$js_tools/"
+  (cd "$js_tools" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+for src in plugins/js/*/; do
+  name=$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$src/plugin.toml")
+  dest="$target/test-plugins/$name"
+  component=$(sed -n 's/^component *= *"\(.*\)"/\1/p' "$src/plugin.toml")
+  built_from=$(cat "$src"/*.js wit/*.wit plugins/js/package-lock.json | sha256sum | cut -c1-32)
+  mkdir -p "$dest" "$js_tools/built"
+  if [ ! -f "$dest/$component" ] || [ "$(cat "$js_tools/built/$name" 2>/dev/null)" != "$built_from" ]; then
+    "$js_tools/node_modules/.bin/componentize-js" "$src/app.js" --wit wit --world-name plugin-kv \
+      --disable http fetch-event -o "$dest/$component.tmp" >/dev/null
+    mv "$dest/$component.tmp" "$dest/$component"
+    echo "$built_from" > "$js_tools/built/$name"
   fi
   for file in schemas.json plugin.toml; do
     [ -f "$src/$file" ] && cp "$src/$file" "$dest/$file.tmp" && mv "$dest/$file.tmp" "$dest/$file"

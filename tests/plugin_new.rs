@@ -1,4 +1,4 @@
-//! `plinth new`: a project in Rust or Python that, as created and following its README,
+//! `plinth new`: a project in Rust, Python or JavaScript that, as created and following its README,
 //! passes its own test, builds into a component, passes `plinth check`, and serves.
 
 use std::path::{Path, PathBuf};
@@ -37,6 +37,11 @@ fn plinth_build(project: &Path) -> PathBuf {
         .env(
             "COMPONENTIZE_PY",
             target_dir().join("py-venv/bin/componentize-py"),
+        )
+        // ... and componentize-js here.
+        .env(
+            "COMPONENTIZE_JS",
+            target_dir().join("js-tools/node_modules/.bin/componentize-js"),
         )
         .output()
         .expect("running plinth build");
@@ -133,6 +138,22 @@ async fn a_new_python_plugin_tests_builds_checks_and_serves() {
     let built = plinth_build(&project);
     assert_eq!(built, project.join("target/plinth/greeter_py"));
     check_deploy_and_greet("greeter_py", &built).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_javascript_plugin_tests_builds_checks_and_serves() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let project = work.path().join("greeter_js");
+    plinth_new("greeter_js", "js", &project);
+
+    let text = run(Command::new("node").arg("--test").current_dir(&project));
+    assert!(
+        text.contains("# pass 1") && text.contains("# fail 0"),
+        "{text}"
+    );
+    let built = plinth_build(&project);
+    assert_eq!(built, project.join("target/plinth/greeter_js"));
+    check_deploy_and_greet("greeter_js", &built).await;
 }
 
 #[test]

@@ -59,11 +59,12 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
     },
-    /// Build a plugin's component (Rust: cargo for wasm32-wasip2; Python: componentize-py)
+    /// Build a plugin's component (Rust: cargo for wasm32-wasip2; Python: componentize-py;
+    /// JavaScript: componentize-js)
     /// and lay out its plugin directory (manifest, component, schemas, migrations), ready
     /// for `check` and `deploy`. Prints the directory.
     Build {
-        /// The plugin's sources: plugin.toml with Cargo.toml or app.py.
+        /// The plugin's sources: plugin.toml with Cargo.toml, app.py or app.js.
         #[arg(default_value = ".")]
         dir: PathBuf,
         /// Where to lay it out, as OUT/<name> (default: the build's target/plinth).

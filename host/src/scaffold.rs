@@ -1,8 +1,8 @@
 //! `plinth new NAME`: a plugin project that builds, passes its test and serves as created.
 //!
 //! Rust: a crate of its own (its own workspace) using plinth-sdk and plinth-sdk-build by
-//! path from a Plinth checkout. Python: `app.py` for componentize-py, with the contract
-//! (`wit/plugin.wit`) copied in. Both come with `plugin.toml` (one described route,
+//! path from a Plinth checkout. Python: `app.py` for componentize-py; JavaScript: `app.js`
+//! for componentize-js; both with the contract (`wit/plugin.wit`) copied in. Both come with `plugin.toml` (one described route,
 //! `GET /<name>/{who}`), a test, and a README with the commands to build, check and deploy.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,8 @@ use anyhow::{Context, bail, ensure};
 pub enum Language {
     Rust,
     Python,
+    /// JavaScript (componentize-js).
+    Js,
 }
 
 const PLUGIN_TOML: &str = include_str!("../templates/plugin.toml");
@@ -23,6 +25,8 @@ const RUST_LIB_RS: &str = include_str!("../templates/rust-lib.rs");
 const RUST_TEST_SERVE: &str = include_str!("../templates/rust-test-serve.rs");
 const PYTHON_APP: &str = include_str!("../templates/python-app.py");
 const PYTHON_TEST: &str = include_str!("../templates/python-test_app.py");
+const JS_APP: &str = include_str!("../templates/js-app.js");
+const JS_TEST: &str = include_str!("../templates/js-app.test.mjs");
 const WIT: &str = include_str!("../../wit/plugin.wit");
 
 /// Writes a new plugin project into `dir` (which must not exist yet) and returns the
@@ -104,6 +108,32 @@ pub fn create(
             ));
             files.push(("README.md".into(), python_readme(name)));
         }
+        Language::Js => {
+            files.push(("app.js".into(), fill(JS_APP)));
+            files.push(("app.test.mjs".into(), fill(JS_TEST)));
+            files.push((
+                "package.json".into(),
+                format!(
+                    "{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \
+                     \"scripts\": {{ \"test\": \"node --test\" }}\n}}\n"
+                ),
+            ));
+            files.push(("wit/plugin.wit".into(), WIT.to_owned()));
+            files.push((
+                "plugin.toml".into(),
+                fill(PLUGIN_TOML)
+                    .replace(
+                        "{capabilities}",
+                        "\n# componentize-js imports every interface of its world (`plugin-kv`).\n\
+                         [capabilities]\nkv = true\n",
+                    )
+                    .replace(
+                        "{memory_mb}",
+                        "64             # SpiderMonkey lives in the component",
+                    ),
+            ));
+            files.push(("README.md".into(), js_readme(name)));
+        }
     }
 
     let mut written = Vec::new();
@@ -167,5 +197,24 @@ fn python_readme(name: &str) -> String {
          ```\n\n\
          `wit/plugin.wit` is the contract with the host (copied from Plinth); the `plugin-kv`\n\
          world gives `log` and `kv` (`wit_world.imports.kv`), which the manifest grants.\n"
+    )
+}
+
+fn js_readme(name: &str) -> String {
+    format!(
+        "# {name}\n\n\
+         A Plinth plugin in JavaScript made by `plinth new --lang js`. `GET /{name}/{{who}}`\n\
+         answers `{{\"message\": \"Hello, <who>!\"}}`.\n\n\
+         ```sh\n\
+         node --test                                          # its unit test (app.test.mjs)\n\
+         npm install -g @bytecodealliance/componentize-js@0.23.0 @bytecodealliance/preview2-shim@0.17.4  # once\n\
+         plinth build                                         # componentize-js, laid out as target/plinth/{name}\n\
+         plinth check target/plinth/{name}                    # as a host would load it\n\
+         plinth deploy target/plinth/{name} --plugins-dir \"$PLUGINS_DIR\"  # checked, then copied in: a watching host serves it\n\
+         ```\n\n\
+         `wit/plugin.wit` is the contract with the host (copied from Plinth); the `plugin-kv`\n\
+         world gives `log` and `kv` (`import {{ get, set }} from 'plinth:plugin/kv@0.1.0'`), which the\n\
+         manifest grants. A capability call whose result is an error throws, with the error\n\
+         in `payload`.\n"
     )
 }

@@ -2,7 +2,8 @@
 //!
 //! The component is built by the plugin's own toolchain: a Rust crate (`Cargo.toml`) with
 //! `cargo build --release --target wasm32-wasip2`, a Python plugin (`app.py`, with the
-//! contract in `wit/`) with componentize-py against the `plugin-kv` world. The plugin
+//! contract in `wit/`) with componentize-py and a JavaScript one (`app.js`) with
+//! componentize-js, both against the `plugin-kv` world. The plugin
 //! directory is then laid out the way `PLUGINS_DIR` holds it: `plugin.toml`, the component
 //! under the name the manifest gives it, the schemas file it names, and the data set's
 //! migrations (the plugin's own `migrations/`, else the nearest `migrations/<data set>/`
@@ -29,14 +30,20 @@ pub fn build(source: &Path, out_parent: Option<&Path>) -> anyhow::Result<PathBuf
         // <target>/wasm32-wasip2/release/<crate>.wasm
         let target_dir = component.ancestors().nth(3).map(Path::to_path_buf);
         (component, target_dir)
-    } else if source.join("app.py").is_file() {
+    } else if source.join("app.py").is_file() || source.join("app.js").is_file() {
         let scratch = source.join("target");
         std::fs::create_dir_all(&scratch)
             .with_context(|| format!("cannot create {}", scratch.display()))?;
-        (componentize_py(source, &scratch)?, Some(scratch))
+        let component = if source.join("app.py").is_file() {
+            componentize_py(source, &scratch)?
+        } else {
+            componentize_js(source, &scratch)?
+        };
+        (component, Some(scratch))
     } else {
         bail!(
-            "{}: no Cargo.toml (Rust) or app.py (Python) to build from; build the component \
+            "{}: no Cargo.toml (Rust), app.py (Python) or app.js (JavaScript) to build from; \
+             build the component \
              yourself, put it next to plugin.toml as `{}`, and check or deploy that directory",
             source.display(),
             manifest.component
@@ -159,6 +166,44 @@ fn componentize_py(source: &Path, scratch: &Path) -> anyhow::Result<PathBuf> {
     ensure!(
         status.success(),
         "componentize-py failed for {} (above)",
+        source.display()
+    );
+    Ok(component)
+}
+
+/// componentize-js (from PATH, or `COMPONENTIZE_JS`) against `wit/`'s `plugin-kv` world,
+/// without the `wasi:http` features a plugin cannot use. Run in the plugin's directory:
+/// its WIT loader reads only paths under the working directory.
+fn componentize_js(source: &Path, scratch: &Path) -> anyhow::Result<PathBuf> {
+    let tool = std::env::var_os("COMPONENTIZE_JS").unwrap_or_else(|| "componentize-js".into());
+    let component = std::path::absolute(scratch.join("component.wasm"))?;
+    let status = Command::new(&tool)
+        .args([
+            "app.js",
+            "--wit",
+            "wit",
+            "--world-name",
+            "plugin-kv",
+            "--disable",
+            "http",
+            "fetch-event",
+            "-o",
+        ])
+        .arg(&component)
+        .current_dir(source)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| {
+            format!(
+                "cannot run {}: npm install -g @bytecodealliance/componentize-js@0.23.0 \
+                 @bytecodealliance/preview2-shim@0.17.4 (or set COMPONENTIZE_JS)",
+                tool.to_string_lossy()
+            )
+        })?;
+    ensure!(
+        status.success(),
+        "componentize-js failed for {} (above)",
         source.display()
     );
     Ok(component)
