@@ -71,11 +71,33 @@ mkdir -p "$v2"
 sed 's/^version = .*/version = "2.0.0"/' plugins/testing/versioned/plugin.toml > "$v2/plugin.toml"
 cp "$target/wasm32-wasip2/release/plinth_plugin_versioned.wasm" "$v2/versioned.wasm.tmp"
 mv "$v2/versioned.wasm.tmp" "$v2/versioned.wasm"
-# Plugins in Python, built by componentize-py (pinned in plugins/python/requirements.txt,
-# installed once into target/py-venv) from plugins/python/<name>/app.py against wit/'s
-# `plugin-kv` world, laid out with the test plugins. A build takes seconds (the component
-# carries CPython), so it is skipped while its sources, the WIT and the toolchain are
-# unchanged.
+# Plugins in Python and JavaScript, built by their toolchains against wit/'s `plugin-kv`
+# world and laid out with the test plugins under their manifests' names. The components
+# carry a language runtime (CPython, SpiderMonkey), so a build takes seconds to half a
+# minute: it is skipped while the plugin's sources, the WIT and the toolchain are unchanged.
+# script_plugin <src dir> <tools dir> <toolchain pin file> <source glob> <build command...>
+# (the build command gets the output path appended).
+script_plugin() {
+  local src=$1 tools=$2 pin=$3 sources=$4
+  shift 4
+  local name component dest built_from
+  name=$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$src/plugin.toml")
+  component=$(sed -n 's/^component *= *"\(.*\)"/\1/p' "$src/plugin.toml")
+  dest="$target/test-plugins/$name"
+  # shellcheck disable=SC2086 # the glob expands here
+  built_from=$(cat $src/$sources wit/*.wit "$pin" | sha256sum | cut -c1-32)
+  mkdir -p "$dest" "$tools/built"
+  if [ ! -f "$dest/$component" ] || [ "$(cat "$tools/built/$name" 2>/dev/null)" != "$built_from" ]; then
+    "$@" "$dest/$component.tmp" >/dev/null
+    mv "$dest/$component.tmp" "$dest/$component"
+    echo "$built_from" > "$tools/built/$name"
+  fi
+  for file in schemas.json plugin.toml; do
+    [ -f "$src/$file" ] && cp "$src/$file" "$dest/$file.tmp" && mv "$dest/$file.tmp" "$dest/$file"
+  done
+}
+
+# Python: componentize-py, pinned in plugins/python/requirements.txt, in target/py-venv.
 py_venv="$target/py-venv"
 if ! cmp -s plugins/python/requirements.txt "$py_venv/.requirements" 2>/dev/null; then
   echo "build-plugins: installing $(grep -v '^#' plugins/python/requirements.txt) into $py_venv" >&2
@@ -85,27 +107,11 @@ if ! cmp -s plugins/python/requirements.txt "$py_venv/.requirements" 2>/dev/null
   cp plugins/python/requirements.txt "$py_venv/.requirements"
 fi
 for src in plugins/python/*/; do
-  name=$(basename "$src")
-  dest="$target/test-plugins/$name"
-  component=$(sed -n 's/^component *= *"\(.*\)"/\1/p' "$src/plugin.toml")
-  built_from=$(cat "$src"/*.py wit/*.wit plugins/python/requirements.txt | sha256sum | cut -c1-32)
-  mkdir -p "$dest" "$py_venv/built"
-  if [ ! -f "$dest/$component" ] || [ "$(cat "$py_venv/built/$name" 2>/dev/null)" != "$built_from" ]; then
-    PYTHONDONTWRITEBYTECODE=1 "$py_venv/bin/componentize-py" -d wit -w plugin-kv componentize -p "$src" app \
-      -o "$dest/$component.tmp" >/dev/null
-    mv "$dest/$component.tmp" "$dest/$component"
-    echo "$built_from" > "$py_venv/built/$name"
-  fi
-  for file in schemas.json plugin.toml; do
-    [ -f "$src/$file" ] && cp "$src/$file" "$dest/$file.tmp" && mv "$dest/$file.tmp" "$dest/$file"
-  done
+  PYTHONDONTWRITEBYTECODE=1 script_plugin "$src" "$py_venv" plugins/python/requirements.txt '*.py' \
+    "$py_venv/bin/componentize-py" -d wit -w plugin-kv componentize -p "$src" app -o
 done
 
-# Plugins in JavaScript, built by componentize-js (pinned in plugins/js/package-lock.json,
-# installed once into target/js-tools) from plugins/js/<dir>/app.js against wit/'s
-# `plugin-kv` world, laid out with the test plugins under the manifest's name. A build
-# takes half a minute (the component carries SpiderMonkey): skipped while its sources, the
-# WIT and the toolchain are unchanged.
+# JavaScript: componentize-js, pinned in plugins/js/package-lock.json, in target/js-tools.
 js_tools="$target/js-tools"
 if ! cmp -s plugins/js/package-lock.json "$js_tools/package-lock.json" 2>/dev/null; then
   echo "build-plugins: installing componentize-js (plugins/js/package-lock.json) into $js_tools" >&2
@@ -115,20 +121,9 @@ if ! cmp -s plugins/js/package-lock.json "$js_tools/package-lock.json" 2>/dev/nu
   (cd "$js_tools" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 for src in plugins/js/*/; do
-  name=$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$src/plugin.toml")
-  dest="$target/test-plugins/$name"
-  component=$(sed -n 's/^component *= *"\(.*\)"/\1/p' "$src/plugin.toml")
-  built_from=$(cat "$src"/*.js wit/*.wit plugins/js/package-lock.json | sha256sum | cut -c1-32)
-  mkdir -p "$dest" "$js_tools/built"
-  if [ ! -f "$dest/$component" ] || [ "$(cat "$js_tools/built/$name" 2>/dev/null)" != "$built_from" ]; then
+  script_plugin "$src" "$js_tools" plugins/js/package-lock.json '*.js' \
     "$js_tools/node_modules/.bin/componentize-js" "$src/app.js" --wit wit --world-name plugin-kv \
-      --disable http fetch-event -o "$dest/$component.tmp" >/dev/null
-    mv "$dest/$component.tmp" "$dest/$component"
-    echo "$built_from" > "$js_tools/built/$name"
-  fi
-  for file in schemas.json plugin.toml; do
-    [ -f "$src/$file" ] && cp "$src/$file" "$dest/$file.tmp" && mv "$dest/$file.tmp" "$dest/$file"
-  done
+    --disable http fetch-event -o
 done
 
 echo "plugins ready in $target/plugins (test plugins in $target/test-plugins)"

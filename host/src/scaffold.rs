@@ -95,16 +95,7 @@ pub fn create(
             files.push(("wit/plugin.wit".into(), WIT.to_owned()));
             files.push((
                 "plugin.toml".into(),
-                fill(PLUGIN_TOML)
-                    .replace(
-                        "{capabilities}",
-                        "\n# componentize-py imports every interface of its world (`plugin-kv`).\n\
-                         [capabilities]\nkv = true\n",
-                    )
-                    .replace(
-                        "{memory_mb}",
-                        "64             # CPython lives in the component",
-                    ),
+                script_manifest(&fill(PLUGIN_TOML), "componentize-py", "CPython"),
             ));
             files.push(("README.md".into(), python_readme(name)));
         }
@@ -121,16 +112,7 @@ pub fn create(
             files.push(("wit/plugin.wit".into(), WIT.to_owned()));
             files.push((
                 "plugin.toml".into(),
-                fill(PLUGIN_TOML)
-                    .replace(
-                        "{capabilities}",
-                        "\n# componentize-js imports every interface of its world (`plugin-kv`).\n\
-                         [capabilities]\nkv = true\n",
-                    )
-                    .replace(
-                        "{memory_mb}",
-                        "64             # SpiderMonkey lives in the component",
-                    ),
+                script_manifest(&fill(PLUGIN_TOML), "componentize-js", "SpiderMonkey"),
             ));
             files.push(("README.md".into(), js_readme(name)));
         }
@@ -147,6 +129,23 @@ pub fn create(
         written.push(path);
     }
     Ok(written)
+}
+
+/// The manifest of a plugin whose toolchain (`tool`) builds against the `plugin-kv` world
+/// and puts a language runtime into the component: `kv` granted, room for the runtime.
+fn script_manifest(template: &str, tool: &str, runtime: &str) -> String {
+    template
+        .replace(
+            "{capabilities}",
+            &format!(
+                "\n# {tool} imports every interface of its world (`plugin-kv`).\n\
+                 [capabilities]\nkv = true\n"
+            ),
+        )
+        .replace(
+            "{memory_mb}",
+            &format!("64             # {runtime} lives in the component"),
+        )
 }
 
 /// A `plinth` binary built in a checkout lives at `<checkout>/target/<profile>/plinth`.

@@ -697,15 +697,7 @@ impl ReadyComponent {
             let pre = match &self.entry {
                 Entry::Plinth(pre) => pre,
                 Entry::WasiHttp(pre) => {
-                    let started = Instant::now();
-                    let proxy = pre
-                        .instantiate_async(&mut store)
-                        .instrument(trace_span!("instantiate"))
-                        .await
-                        .map_err(|err| self.classify(err, true))?;
-                    self.counters
-                        .instantiation
-                        .observe(started.elapsed().as_secs_f64());
+                    let proxy = self.instantiated(pre.instantiate_async(&mut store)).await?;
                     return wasi_http::handle(&proxy, &mut store, request, self.max_response_bytes)
                         .instrument(trace_span!("guest call", plinth.plugin = %self.plugin_name))
                         .await
@@ -720,16 +712,7 @@ impl ReadyComponent {
             let instance = match &mut instance {
                 Some(instance) => instance,
                 None => {
-                    let started = Instant::now();
-                    let fresh = pre
-                        .instantiate_async(&mut store)
-                        .instrument(trace_span!("instantiate"))
-                        .await
-                        .map_err(|err| self.classify(err, true))?;
-                    self.counters
-                        .instantiation
-                        .observe(started.elapsed().as_secs_f64());
-                    instance.insert(fresh)
+                    instance.insert(self.instantiated(pre.instantiate_async(&mut store)).await?)
                 }
             };
             instance
@@ -758,6 +741,22 @@ impl ReadyComponent {
             });
         }
         Ok(response)
+    }
+
+    /// Awaits an instantiation, timed into the plugin's instantiation histogram.
+    async fn instantiated<T>(
+        &self,
+        instantiating: impl Future<Output = wasmtime::Result<T>>,
+    ) -> Result<T, PluginFailure> {
+        let started = Instant::now();
+        let instance = instantiating
+            .instrument(trace_span!("instantiate"))
+            .await
+            .map_err(|err| self.classify(err, true))?;
+        self.counters
+            .instantiation
+            .observe(started.elapsed().as_secs_f64());
+        Ok(instance)
     }
 
     /// A parked instance ready for the request `request_id`, if the plugin reuses them.
