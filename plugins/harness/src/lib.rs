@@ -28,8 +28,9 @@
 //!
 //! [`TestHost::builder`] loads several plugins together (e.g. `auth` with `users`), takes
 //! an already built plugin directory (any language), or sets host variables
-//! (`DATABASE_URL` and `REDIS_URL` for PostgreSQL and Redis, `FIRST_SUPERUSER_*`, …; see
-//! the host's README "Configuration"). Rate limits are off unless a variable sets them.
+//! (`FIRST_SUPERUSER_*`, …; see the host's README "Configuration"), and
+//! [`Builder::postgres_and_redis`] runs it on PostgreSQL (a fresh database) and Redis (a
+//! fresh key prefix) instead. Rate limits are off unless a variable sets them.
 
 mod logs;
 
@@ -56,6 +57,8 @@ pub struct Builder {
     sources: Vec<PathBuf>,
     built: Vec<PathBuf>,
     env: Vec<(String, String)>,
+    /// `postgres_and_redis`: the server to make a fresh database on, and Redis.
+    postgres_and_redis: Option<(String, String)>,
 }
 
 impl Builder {
@@ -69,6 +72,14 @@ impl Builder {
     /// An already built plugin directory (`plugin.toml` and the files it names).
     pub fn built_plugin(mut self, dir: impl AsRef<Path>) -> Self {
         self.built.push(dir.as_ref().to_path_buf());
+        self
+    }
+
+    /// PostgreSQL and Redis instead of the embedded defaults: a fresh database on the server
+    /// `postgres_url` names (created with `psql`, which must be installed; dropped when the
+    /// host is), and Redis at `redis_url` under a fresh key prefix.
+    pub fn postgres_and_redis(mut self, postgres_url: &str, redis_url: &str) -> Self {
+        self.postgres_and_redis = Some((postgres_url.to_owned(), redis_url.to_owned()));
         self
     }
 
@@ -118,6 +129,16 @@ impl Builder {
                     .to_string(),
             ),
         ];
+        let database = match &self.postgres_and_redis {
+            Some((postgres_url, redis_url)) => {
+                let database = ScratchDatabase::create(postgres_url)?;
+                vars.push(("DATABASE_URL".into(), database.url.clone()));
+                vars.push(("REDIS_URL".into(), redis_url.clone()));
+                vars.push(("REDIS_KEY_PREFIX".into(), database.name.clone()));
+                Some(database)
+            }
+            None => None,
+        };
         vars.extend(self.env);
         let config = Config::from_lookup(|key| {
             vars.iter()
@@ -137,8 +158,9 @@ impl Builder {
             client: reqwest::Client::new(),
             capabilities,
             capturing,
-            _stop: stop,
-            _serving: serving,
+            stop: Some(stop),
+            serving: Some(serving),
+            database,
             _scratch: scratch,
         })
     }
@@ -151,9 +173,75 @@ pub struct TestHost {
     client: reqwest::Client,
     capabilities: Arc<Capabilities>,
     capturing: bool,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Dropped after the host: its connections are gone by then.
+    database: Option<ScratchDatabase>,
     _scratch: tempfile::TempDir,
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(serving) = self.serving.take() {
+            serving.abort();
+        }
+        // `database` drops next, with FORCE: pools still closing cannot hold it.
+        let _ = self.database.take();
+    }
+}
+
+/// A database of its own on a PostgreSQL server, for one test host.
+#[derive(Debug)]
+struct ScratchDatabase {
+    name: String,
+    /// The server's URL with the scratch database.
+    url: String,
+    /// The server's URL as given (its database runs CREATE and DROP).
+    admin_url: String,
+}
+
+impl ScratchDatabase {
+    fn create(admin_url: &str) -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let name = format!("plinth_harness_{}_{nanos}", std::process::id());
+        let mut url = reqwest::Url::parse(admin_url)
+            .with_context(|| format!("{admin_url} is not a PostgreSQL URL"))?;
+        url.set_path(&format!("/{name}"));
+        psql(admin_url, &format!("CREATE DATABASE {name}"))?;
+        Ok(Self {
+            name,
+            url: url.to_string(),
+            admin_url: admin_url.to_owned(),
+        })
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let _ = psql(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+fn psql(url: &str, statement: &str) -> anyhow::Result<()> {
+    let output = std::process::Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-q", "-c", statement])
+        .output()
+        .context("cannot run psql (the PostgreSQL client) to make a scratch database")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "psql {statement}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
 }
 
 impl TestHost {

@@ -8,7 +8,11 @@ const ROOT_EMAIL: &str = "root@example.com";
 
 /// `users` with the first superuser the host creates at start-up; its id.
 async fn host() -> anyhow::Result<(TestHost, String)> {
-    let host = TestHost::builder()
+    start(TestHost::builder()).await
+}
+
+async fn start(builder: plinth_harness::Builder) -> anyhow::Result<(TestHost, String)> {
+    let host = builder
         .plugin(env!("CARGO_MANIFEST_DIR"))
         .env("FIRST_SUPERUSER_EMAIL", ROOT_EMAIL)
         .env("FIRST_SUPERUSER_USERNAME", "root")
@@ -17,6 +21,48 @@ async fn host() -> anyhow::Result<(TestHost, String)> {
         .await?;
     let root = user_id(&host, ROOT_EMAIL).await?;
     Ok((host, root))
+}
+
+/// The same plugin on PostgreSQL and Redis (this machine's; `PLINTH_TEST_POSTGRES_URL`
+/// and `PLINTH_TEST_REDIS_URL` name others).
+#[tokio::test]
+async fn on_postgres_and_redis_a_revoked_user_is_refused() -> anyhow::Result<()> {
+    let postgres = std::env::var("PLINTH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let redis =
+        std::env::var("PLINTH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let (host, root) = start(TestHost::builder().postgres_and_redis(&postgres, &redis)).await?;
+    let token = host.access_token(&root).await?;
+    let me = host
+        .request(Method::GET, "/api/v1/users/me")
+        .bearer(&token)
+        .send()
+        .await?;
+    assert_eq!(me.status, 200, "{}", me.text());
+    assert_eq!(me.json()?["email"], ROOT_EMAIL);
+    // The row lives in PostgreSQL: its type is PostgreSQL's.
+    let rows = host
+        .sql(
+            "accounts",
+            "SELECT pg_typeof(created_at)::text AS t FROM users",
+            vec![],
+        )
+        .await?;
+    assert_eq!(rows[0]["t"], "timestamp with time zone");
+
+    host.sql(
+        "accounts",
+        "UPDATE users SET is_active = FALSE WHERE email = $1",
+        vec![Value::Text(ROOT_EMAIL.into())],
+    )
+    .await?;
+    let refused = host
+        .request(Method::GET, "/api/v1/users/me")
+        .bearer(&token)
+        .send()
+        .await?;
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    Ok(())
 }
 
 async fn user_id(host: &TestHost, email: &str) -> anyhow::Result<String> {
