@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use plinth_tests::{PluginsDir, plinth_bin};
+use plinth_tests::{PluginsDir, TestHost, plinth_bin};
 
 /// Runs `plinth check` with `args`; the exit code and what it printed.
 fn check(args: &[&Path]) -> (Option<i32>, String) {
@@ -144,4 +144,25 @@ async fn deploy_checks_then_copies_into_a_running_hosts_directory() {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     assert!(!names.iter().any(|n| n.contains("deploying")), "{names:?}");
+}
+
+#[tokio::test]
+async fn a_check_with_the_hosts_cache_leaves_the_host_nothing_to_compile() {
+    let cache = tempfile::tempdir().expect("cache dir");
+    let plugins = PluginsDir::with(&["hello"]);
+    let dir = plugins.path().join("hello");
+    let (code, text) = check(&[&dir, Path::new("--cache-dir"), cache.path()]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        std::fs::read_dir(cache.path()).expect("cache").count() > 0,
+        "the check kept nothing"
+    );
+
+    let host = TestHost::builder()
+        .env("PLUGIN_CACHE_DIR", cache.path().display().to_string())
+        .start(&plugins);
+    let ready = host.wait_for_log(|l| l["message"] == "plugins ready");
+    assert_eq!(ready["from_cache"], 1, "{ready}");
+    assert_eq!(ready["compiled"], 0, "{ready}");
+    assert_eq!(host.get("/hello/ana").await.status(), 200);
 }

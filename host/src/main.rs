@@ -83,6 +83,10 @@ enum Command {
         /// The operator policy (default: PLUGINS_POLICY, else the development default).
         #[arg(long, value_name = "FILE", env = "PLUGINS_POLICY")]
         policy: Option<PathBuf>,
+        /// The hosts' compilation cache: the component compiled by the check is kept there,
+        /// so the host loading it compiles nothing (seconds for a Python or JS component).
+        #[arg(long, value_name = "DIR", env = "PLUGIN_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Check a plugin directory offline, as a host would load it: the manifest and its
     /// route descriptions, the grants against the operator policy, the component, its
@@ -98,6 +102,10 @@ enum Command {
         /// development default, deploy/policy.toml).
         #[arg(long, value_name = "FILE", env = "PLUGINS_POLICY")]
         policy: Option<PathBuf>,
+        /// Keep the compiled component in this compilation cache (the hosts'
+        /// PLUGIN_CACHE_DIR), so a host loading it compiles nothing.
+        #[arg(long, value_name = "DIR", env = "PLUGIN_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
     },
 }
 
@@ -108,13 +116,25 @@ fn main() -> ExitCode {
             dir,
             plugins_dir,
             policy,
-        }) => check_plugin(&dir, plugins_dir.as_deref(), policy.as_deref()),
+            cache_dir,
+        }) => check_plugin(
+            &dir,
+            plugins_dir.as_deref(),
+            policy.as_deref(),
+            cache_dir.as_deref(),
+        ),
         Some(Command::Deploy {
             dir,
             plugins_dir,
             policy,
+            cache_dir,
         }) => {
-            let checked = check_plugin(&dir, Some(&plugins_dir), policy.as_deref());
+            let checked = check_plugin(
+                &dir,
+                Some(&plugins_dir),
+                policy.as_deref(),
+                cache_dir.as_deref(),
+            );
             if checked != ExitCode::SUCCESS {
                 return checked;
             }
@@ -182,6 +202,7 @@ fn check_plugin(
     dir: &std::path::Path,
     plugins_dir: Option<&std::path::Path>,
     policy: Option<&std::path::Path>,
+    cache_dir: Option<&std::path::Path>,
 ) -> ExitCode {
     let policy = match Policy::load(policy, false) {
         Ok(policy) => policy,
@@ -190,7 +211,9 @@ fn check_plugin(
             return ExitCode::from(2);
         }
     };
-    let checked = check::check(dir, &policy, plugins_dir);
+    // PLUGIN_CACHE_DIR=off: the hosts keep no cache, and neither does the check.
+    let cache_dir = cache_dir.filter(|dir| dir.as_os_str() != "off");
+    let checked = check::check(dir, &policy, plugins_dir, cache_dir);
     let plugin = checked.plugin.unwrap_or_else(|| dir.display().to_string());
     // The report is this command's output (stdout); a closed pipe is no reason to fail.
     let mut out = std::io::stdout().lock();

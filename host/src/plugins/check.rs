@@ -42,8 +42,14 @@ impl RouteOwner for LocatedManifest {
 
 /// Checks the plugin in `dir` against `policy`, and, with `neighbours` (a `PLUGINS_DIR`),
 /// its routes against theirs (a plugin there of the same name is the version this one
-/// would replace, and is left out).
-pub fn check(dir: &Path, policy: &Policy, neighbours: Option<&Path>) -> Checked {
+/// would replace, and is left out). With `cache_dir` (the hosts' `PLUGIN_CACHE_DIR`), the
+/// compiled component is kept there, so a host loading it next compiles nothing.
+pub fn check(
+    dir: &Path,
+    policy: &Policy,
+    neighbours: Option<&Path>,
+    cache_dir: Option<&Path>,
+) -> Checked {
     let mut checked = Checked::default();
     let located = match Manifest::load(dir) {
         Ok(located) => located,
@@ -62,7 +68,7 @@ pub fn check(dir: &Path, policy: &Policy, neighbours: Option<&Path>) -> Checked 
             .problems
             .push(format!("{manifest_path}: grants: {err:#}"));
     }
-    if let Err(problem) = check_component(&located) {
+    if let Err(problem) = check_component(&located, cache_dir) {
         checked.problems.push(problem);
     }
     if let Some(neighbours) = neighbours {
@@ -81,11 +87,11 @@ pub fn check(dir: &Path, policy: &Policy, neighbours: Option<&Path>) -> Checked 
 }
 
 /// Compiles the component, checks its imports against the grants, and links it.
-fn check_component(located: &LocatedManifest) -> Result<(), String> {
+fn check_component(located: &LocatedManifest, cache_dir: Option<&Path>) -> Result<(), String> {
     let component_path = located.component_path.display();
     let manifest_path = located.manifest_path.display();
     let engine = Metrics::new(false)
-        .and_then(|metrics| PluginEngine::new(None, Arc::new(metrics)))
+        .and_then(|metrics| PluginEngine::new(cache_dir, Arc::new(metrics)))
         .map_err(|err| format!("cannot start a wasm engine: {err:#}"))?;
     let bytes = std::fs::read(&located.component_path)
         .map_err(|err| format!("{component_path}: cannot read component: {err}"))?;
