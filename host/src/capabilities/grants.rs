@@ -60,10 +60,12 @@ impl Grants {
             let data_set = sql.data_set.get_or_insert_with(|| plugin.to_owned());
             check_data_set_name(data_set)?;
         }
-        for authority in &self.outbound_http {
-            super::outbound_http::check_authority(authority)
-                .map_err(|err| anyhow::anyhow!("outbound_http: {err}"))?;
-        }
+        self.outbound_http = self
+            .outbound_http
+            .iter()
+            .map(|entry| super::outbound_http::normalize_authority(entry))
+            .collect::<anyhow::Result<_>>()
+            .map_err(|err| anyhow::anyhow!("outbound_http: {err}"))?;
         Ok(())
     }
 }

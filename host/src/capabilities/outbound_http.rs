@@ -27,7 +27,8 @@ impl PluginOutbound {
     pub fn new(plugin: Arc<str>, allowed: &BTreeSet<String>) -> Self {
         Self {
             plugin,
-            allowed: Arc::new(allowed.iter().map(|a| a.to_ascii_lowercase()).collect()),
+            // Normalised (lower case) when the grant was resolved.
+            allowed: Arc::new(allowed.clone()),
         }
     }
 
@@ -103,9 +104,10 @@ impl WasiHttpHooks for OutboundInstance {
     }
 }
 
-/// Checks one `outbound_http` entry: `host` or `host:port`, nothing else (no scheme, path,
-/// user or wildcard).
-pub fn check_authority(entry: &str) -> anyhow::Result<()> {
+/// Checks one `outbound_http` entry (of a grant or of the policy): `host` or `host:port`,
+/// nothing else (no scheme, path, user or wildcard). Returns it in lower case, the form
+/// grants, the policy and requests are compared in.
+pub fn normalize_authority(entry: &str) -> anyhow::Result<String> {
     let parsed: http::uri::Authority = entry
         .parse()
         .map_err(|_| anyhow::anyhow!("`{entry}` is not a host or host:port"))?;
@@ -116,7 +118,7 @@ pub fn check_authority(entry: &str) -> anyhow::Result<()> {
             && !parsed.host().is_empty(),
         "`{entry}` is not a host or host:port (no scheme, path, user or wildcard)"
     );
-    Ok(())
+    Ok(entry.to_ascii_lowercase())
 }
 
 #[cfg(test)]
@@ -124,11 +126,8 @@ mod tests {
     use super::*;
 
     fn instance(allowed: &[&str]) -> OutboundInstance {
-        PluginOutbound::new(
-            Arc::from("p"),
-            &allowed.iter().map(|s| s.to_string()).collect(),
-        )
-        .instance()
+        let allowed = allowed.iter().map(|s| normalize_authority(s));
+        PluginOutbound::new(Arc::from("p"), &allowed.flatten().collect()).instance()
     }
 
     #[test]
@@ -154,7 +153,7 @@ mod tests {
     #[test]
     fn entries_are_plain_authorities() {
         for ok in ["api.example.com", "127.0.0.1:8080", "localhost:3000"] {
-            assert!(check_authority(ok).is_ok(), "{ok}");
+            assert!(normalize_authority(ok).is_ok(), "{ok}");
         }
         for bad in [
             "https://api.example.com",
@@ -163,7 +162,11 @@ mod tests {
             "*.example.com",
             "",
         ] {
-            assert!(check_authority(bad).is_err(), "{bad}");
+            assert!(normalize_authority(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            normalize_authority("API.Example.com:8443").ok().as_deref(),
+            Some("api.example.com:8443")
+        );
     }
 }

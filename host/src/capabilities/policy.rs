@@ -101,6 +101,20 @@ impl Policy {
                     .with_context(|| format!("[plugins.{plugin}] data_sets"))?;
             }
         }
+        // Compared with grants in the same (lower-case) form.
+        let allowances = policy
+            .plugins
+            .iter_mut()
+            .map(|(p, a)| (format!("[plugins.{p}]"), a));
+        let default = policy.default.as_mut().map(|a| ("[default]".to_owned(), a));
+        for (section, allowance) in allowances.chain(default) {
+            allowance.outbound_http = allowance
+                .outbound_http
+                .iter()
+                .map(|entry| super::outbound_http::normalize_authority(entry))
+                .collect::<anyhow::Result<_>>()
+                .with_context(|| format!("{section} outbound_http"))?;
+        }
         if let Some(default) = &policy.default {
             anyhow::ensure!(
                 default.data_sets.is_empty(),
@@ -241,6 +255,33 @@ mod tests {
             "notes",
             &grants("sql = true\nkv = true\ntokens = [\"verify\"]", "notes"),
         )?;
+        Ok(())
+    }
+
+    #[test]
+    fn outbound_http_is_compared_whatever_the_case_and_only_plain_authorities_are_allowed()
+    -> anyhow::Result<()> {
+        let policy = Policy::parse(
+            "[plugins.weather]\noutbound_http = [\"Api.Weather.example\"]\n",
+            "test".into(),
+        )?;
+        policy.check(
+            "weather",
+            &grants("outbound_http = [\"API.weather.EXAMPLE\"]", "weather"),
+        )?;
+        let refused = policy.check(
+            "weather",
+            &grants("outbound_http = [\"api.weather.example:8443\"]", "weather"),
+        );
+        assert!(
+            format!("{:#}", refused.expect_err("another port"))
+                .contains("`outbound_http` to api.weather.example:8443")
+        );
+        let bad = Policy::parse(
+            "[default]\noutbound_http = [\"https://x.example\"]\n",
+            "test".into(),
+        );
+        assert!(format!("{:#}", bad.expect_err("a URL")).contains("[default] outbound_http"));
         Ok(())
     }
 

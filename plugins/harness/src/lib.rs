@@ -131,7 +131,11 @@ impl Builder {
         ];
         let database = match &self.postgres_and_redis {
             Some((postgres_url, redis_url)) => {
-                let database = ScratchDatabase::create(postgres_url)?;
+                // psql runs to completion: off the async workers.
+                let admin_url = postgres_url.clone();
+                let database =
+                    tokio::task::spawn_blocking(move || ScratchDatabase::create(&admin_url))
+                        .await??;
                 vars.push(("DATABASE_URL".into(), database.url.clone()));
                 vars.push(("REDIS_URL".into(), redis_url.clone()));
                 vars.push(("REDIS_KEY_PREFIX".into(), database.name.clone()));

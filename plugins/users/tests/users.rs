@@ -26,7 +26,7 @@ async fn start(builder: plinth_harness::Builder) -> anyhow::Result<(TestHost, St
 /// The same plugin on PostgreSQL and Redis (this machine's; `PLINTH_TEST_POSTGRES_URL`
 /// and `PLINTH_TEST_REDIS_URL` name others).
 #[tokio::test]
-async fn on_postgres_and_redis_a_revoked_user_is_refused() -> anyhow::Result<()> {
+async fn on_postgres_and_redis_a_deactivated_user_is_refused() -> anyhow::Result<()> {
     let postgres = std::env::var("PLINTH_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let redis =
@@ -62,6 +62,8 @@ async fn on_postgres_and_redis_a_revoked_user_is_refused() -> anyhow::Result<()>
         .send()
         .await?;
     assert_eq!(refused.status, 401, "{}", refused.text());
+    assert_eq!(refused.error_code().as_deref(), Some("NOT_AUTHENTICATED"));
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
     Ok(())
 }
 
@@ -183,5 +185,7 @@ async fn a_token_of_a_deleted_user_is_refused() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(me.status, 401, "{}", me.text());
+    assert_eq!(me.error_code().as_deref(), Some("NOT_AUTHENTICATED"));
+    assert_eq!(me.header("www-authenticate"), Some("Bearer"));
     Ok(())
 }
