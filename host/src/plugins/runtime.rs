@@ -31,7 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 use wasmtime::component::ResourceTable;
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
     ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -62,7 +62,10 @@ const MAX_LIVE_INSTANCES: u32 = 1_000;
 const MAX_MEMORY_BYTES: usize = 512 * 1024 * 1024;
 
 /// Memory kept mapped between uses of a pool slot: resetting it is cheaper than unmapping
-/// it. A Rust guest's stack and small heap fit.
+/// it. A Rust guest's stack and small heap fit. Only the pages a request wrote are reset
+/// (the kernel's `PAGEMAP_SCAN`, Linux 6.7+, where available; otherwise all of it): for
+/// `hello` that took one call from 13.3 to 11.7 µs (`benches/plugin_call.rs`). 4 MiB
+/// measured 3% slower than 1 MiB.
 const KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 
 /// Response headers a plugin may set, in number and in bytes (names and values); more is
@@ -114,7 +117,8 @@ impl PluginEngine {
             .total_stacks(MAX_LIVE_INSTANCES)
             .max_memory_size(MAX_MEMORY_BYTES)
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
-            .table_keep_resident(64 * 1024);
+            .table_keep_resident(64 * 1024)
+            .pagemap_scan(Enabled::Auto);
 
         let cache = cache_dir
             .map(|dir| {
