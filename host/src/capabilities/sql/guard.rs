@@ -12,6 +12,9 @@
 //! transaction control and session changes are still refused (the host wraps them in its
 //! own transaction).
 
+use std::collections::HashSet;
+use std::sync::{LazyLock, RwLock};
+
 /// Leading keywords a serving statement may start with.
 const SERVING_KEYWORDS: [&str; 7] = [
     "select", "insert", "update", "delete", "with", "values", "replace",
@@ -98,8 +101,32 @@ pub enum Refusal {
     Function(String),
 }
 
-/// Checks a statement a plugin runs while serving.
+/// Statements that passed [`check_serving`], remembered at most: plugins send the same
+/// few statements over and over (their SQL is constants), and checking one again was
+/// ~2.5% of `GET /api/v1/users/me`'s CPU. Past the bound (or the length), statements are
+/// checked every time, so a plugin building unique SQL cannot grow the set.
+const REMEMBERED_STATEMENTS: usize = 4_096;
+const REMEMBERED_STATEMENT_BYTES: usize = 4_096;
+
+/// Checks a statement a plugin runs while serving. The verdict depends on the text only,
+/// so a statement that passed once passes without being checked again.
 pub fn check_serving(statement: &str) -> Result<(), Refusal> {
+    static PASSED: LazyLock<RwLock<HashSet<Box<str>>>> = LazyLock::new(Default::default);
+    let passed = |set: &HashSet<Box<str>>| set.contains(statement);
+    if PASSED.read().is_ok_and(|set| passed(&set)) {
+        return Ok(());
+    }
+    check_serving_text(statement)?;
+    if statement.len() <= REMEMBERED_STATEMENT_BYTES
+        && let Ok(mut set) = PASSED.write()
+        && set.len() < REMEMBERED_STATEMENTS
+    {
+        set.insert(statement.into());
+    }
+    Ok(())
+}
+
+fn check_serving_text(statement: &str) -> Result<(), Refusal> {
     let statements = split(statement)?;
     let [only] = statements.as_slice() else {
         return Err(if statements.is_empty() {
@@ -300,6 +327,19 @@ mod tests {
         ] {
             assert_eq!(check_serving(ok), Ok(()), "{ok}");
         }
+    }
+
+    #[test]
+    fn verdicts_hold_when_asked_again() {
+        let ok = "SELECT id FROM remembered WHERE id = $1";
+        let bad = "SELECT 1; DROP TABLE remembered";
+        for _ in 0..3 {
+            assert_eq!(check_serving(ok), Ok(()));
+            assert_eq!(check_serving(bad), Err(Refusal::Several));
+        }
+        let long = format!("SELECT '{}'", "x".repeat(REMEMBERED_STATEMENT_BYTES));
+        assert_eq!(check_serving(&long), Ok(()));
+        assert_eq!(check_serving(&format!("{long}; BEGIN")), Err(Refusal::Several));
     }
 
     #[test]
