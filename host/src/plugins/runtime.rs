@@ -2,7 +2,7 @@
 //!
 //! The engine is configured once: async support (capability calls are async), the pooling
 //! allocator (instantiation is a few microseconds and memory is reset, not re-mapped, per
-//! request), epoch interruption driven by one ticker thread (which sleeps while no store
+//! request: only the pages the request wrote), epoch interruption driven by one ticker thread (which sleeps while no store
 //! exists: an idle host costs no wake-ups), and an on-disk cache of
 //! compiled code keyed by the component's bytes and the engine's settings (a restart, or a
 //! roll-back to a version compiled before, does not compile again).
