@@ -9,6 +9,7 @@
 #   AB_BASE=... AB_ROUNDS=7 AB_SECONDS=5 bash scripts/ab.sh /health /hello/x
 #   AB_BASE=... AB_BACKEND=postgres bash scripts/ab.sh /api/v1/users/me  # PostgreSQL + Redis
 #   AB_NEW=target/ab/plinth-other ...                                    # instead of the build
+#   AB_ENV="PLUGINS_DIR=/some/plugins METRICS_ADDR=127.0.0.1:0" ...       # more settings for both
 #
 # Paths under /api/v1/users are sent with a root access token from each host. Prints, per
 # path, both hosts' requests/s and p99 for every round, then the median of the per-round
@@ -95,8 +96,11 @@ run_wrk() { # <addr> <path> <token> <seconds>: "rps p99_ms"
 
 start base "$base"; base_addr=$started_addr
 start new "$new"; new_addr=$started_addr
-base_token=$(token_for "$base_addr")
-new_token=$(token_for "$new_addr")
+base_token= new_token=
+if printf '%s\n' "${paths[@]}" | grep -q '^/api/v1/users'; then
+  base_token=$(token_for "$base_addr")
+  new_token=$(token_for "$new_addr")
+fi
 
 echo "A/B: base $base, new $new; $backend; wrk -t2 -c$connections, ${seconds}s per run, $rounds rounds, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 for path in "${paths[@]}"; do

@@ -632,7 +632,12 @@ mod tests {
                 .verified
                 .insert(&format!("token-{i}"), claims.clone(), now);
         }
-        let kept = tokens.verified.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        let kept = tokens
+            .verified
+            .0
+            .lock()
+            .map(|m| m.len())
+            .unwrap_or(usize::MAX);
         assert!(kept <= MAX_VERIFIED_TOKENS, "{kept} tokens kept");
         Ok(())
     }

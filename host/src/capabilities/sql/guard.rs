@@ -339,7 +339,10 @@ mod tests {
         }
         let long = format!("SELECT '{}'", "x".repeat(REMEMBERED_STATEMENT_BYTES));
         assert_eq!(check_serving(&long), Ok(()));
-        assert_eq!(check_serving(&format!("{long}; BEGIN")), Err(Refusal::Several));
+        assert_eq!(
+            check_serving(&format!("{long}; BEGIN")),
+            Err(Refusal::Several)
+        );
     }
 
     #[test]
