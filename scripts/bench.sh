@@ -65,8 +65,8 @@ start() {
 }
 
 # measure <label> <url> [wrk args...]: runs wrk $runs times and keeps, for the summary,
-# "label|rps|p50_ms|p99_ms|non-2xx|rps spread": the run with the median requests/s, and
-# the lowest and highest requests/s of all runs.
+# "label|rps|p50_ms|p99_ms|non-2xx|rps spread|p99 spread": the run with the median
+# requests/s, the lowest and highest requests/s of all runs, and their lowest and highest p99.
 results=()
 measure() {
   local label=$1 url=$2 out conns=${CONNS:-$connections} run samples=()
@@ -81,10 +81,11 @@ measure() {
     errors=$(awk '/Non-2xx or 3xx responses:/ {print $5} /Socket errors:/ {print "socket:" $0}' <<<"$out" | tr '\n' ' ')
     samples+=("$rps|$p50|$p99|${errors:-0}")
   done
-  local median spread
+  local median spread p99_spread
   median=$(printf '%s\n' "${samples[@]}" | sort -t'|' -k1,1n | sed -n "$(( (runs + 1) / 2 ))p")
   spread=$(printf '%s\n' "${samples[@]}" | sort -t'|' -k1,1n | awk -F'|' 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "-" hi }')
-  results+=("$label|$median|$spread")
+  p99_spread=$(printf '%s\n' "${samples[@]}" | sort -t'|' -k3,3g | awk -F'|' 'NR == 1 { lo = $3 } { hi = $3 } END { print lo "-" hi }')
+  results+=("$label|$median|$spread|$p99_spread")
 }
 # figure <name> <value>: a derived figure (ratio, reload, start-up, idle) for the JSON result.
 figures=()
@@ -97,9 +98,9 @@ token_for() { # <addr>: a fresh access token for root
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 p99_of() { IFS='|' read -r _ _ _ p99 _ <<<"${results[$1]}"; echo "$p99"; }
 print_row() { # <results index>
-  local label rps p50 p99 errors spread
-  IFS='|' read -r label rps p50 p99 errors spread <<<"${results[$1]}"
-  if (( runs > 1 )); then spread="($spread)"; else spread=; fi
+  local label rps p50 p99 errors spread p99_spread
+  IFS='|' read -r label rps p50 p99 errors spread p99_spread <<<"${results[$1]}"
+  if (( runs > 1 )); then spread="($spread; p99 $p99_spread)"; else spread=; fi
   printf '%-42s %12s %10s %10s  %-8s %s\n' "$label" "$rps" "$p50" "$p99" "$errors" "$spread"
 }
 to_ms() {

@@ -2,7 +2,7 @@
 """The benchmark's result as JSON, and the change between two results (scripts/bench.sh).
 
     bench_result.py write OUT.json --meta key=value ...   < lines
-        lines: "row|label|rps|p50_ms|p99_ms|non-2xx|rps_min-rps_max"
+        lines: "row|label|rps|p50_ms|p99_ms|non-2xx|rps_min-rps_max|p99_min-p99_max"
                "figure|name|value"  (value: a number, "12.5%" or "2.1x")
     bench_result.py compare BASELINE.json CURRENT.json
 """
@@ -27,6 +27,7 @@ def write(path, meta):
         if parts[0] == "row" and len(parts) >= 7:
             _, label, rps, p50, p99, errors, spread = parts[:7]
             low, _, high = spread.partition("-")
+            p99_low, _, p99_high = (parts[7] if len(parts) > 7 else "").partition("-")
             rows.append({
                 "target": label,
                 "requests_per_s": number(rps),
@@ -35,6 +36,8 @@ def write(path, meta):
                 "non_2xx": errors.strip() or "0",
                 "requests_per_s_min": number(low),
                 "requests_per_s_max": number(high),
+                "p99_ms_min": number(p99_low),
+                "p99_ms_max": number(p99_high),
             })
         elif parts[0] == "figure" and len(parts) >= 3:
             figures[parts[1]] = number(parts[2])

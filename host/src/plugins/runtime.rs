@@ -1,11 +1,12 @@
 //! The wasmtime side of a plugin: one engine, a fresh store per request, limits.
 //!
 //! The engine is configured once: async support (capability calls are async), the pooling
-//! allocator (instantiation is a few microseconds and memory is reset, not re-mapped, per
-//! request: only the pages the request wrote), epoch interruption driven by one ticker thread (which sleeps while no store
-//! exists: an idle host costs no wake-ups), and an on-disk cache of
-//! compiled code keyed by the component's bytes and the engine's settings (a restart, or a
-//! roll-back to a version compiled before, does not compile again).
+//! allocator (instantiation is a few microseconds, and memory is reset, not re-mapped, per
+//! request: only the pages the request wrote), epoch interruption driven by one ticker
+//! thread (which parks shortly after the last store is gone: an idle host costs no
+//! wake-ups), and an on-disk cache of compiled code keyed by the component's bytes and the
+//! engine's settings (a restart, or a roll-back to a version compiled before, does not
+//! compile again).
 //!
 //! A request first passes its plugin's [`Admission`] (a concurrency cap with a short,
 //! bounded queue: past it, a fast 503), then runs in a new [`Store`] with the plugin's
