@@ -402,6 +402,16 @@ mod tests {
     }
 
     #[test]
+    fn database_pools_default_to_twice_the_cores_within_4_to_16() -> anyhow::Result<()> {
+        let cores = std::thread::available_parallelism()?.get();
+        let expected = u32::try_from(2 * cores)?.clamp(4, 16);
+        assert_eq!(config(&[])?.sql.max_connections, expected);
+        let chosen = config(&[("DATABASE_MAX_CONNECTIONS", "40")])?;
+        assert_eq!(chosen.sql.max_connections, 40);
+        Ok(())
+    }
+
+    #[test]
     fn bad_values_name_the_variable() {
         for (key, value) in [
             ("BIND_ADDR", "nowhere"),
