@@ -17,6 +17,7 @@
 # ratios new ÷ base (the figure to quote) and their spread.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 
 target_dir=${CARGO_TARGET_DIR:-target}
 base=${AB_BASE:?AB_BASE=<the binary to compare against> (see the header of this script)}
@@ -72,19 +73,11 @@ start() { # <name> <binary>: sets $started_addr
   env "${common_env[@]}" "${backend_env[@]}" "${extra_env[@]}" "$binary" >"$work/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 600); do
-    addr=$(grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$work/$name.log" | head -1 | sed -E 's|listening on (http://)?||') || true
+    addr=$(listening_addr "$work/$name.log")
     [ -n "$addr" ] && { started_addr=$addr; return; }
     sleep 0.1
   done
   echo "ab: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
-}
-token_for() {
-  curl -sf -X POST "http://$1/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"root@example.com","password":"root-password"}' |
-    sed -E 's/.*"access_token":"([^"]+)".*/\1/'
-}
-to_ms() {
-  awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
 }
 run_wrk() { # <addr> <path> <token> <seconds>: "rps p99_ms"
   local headers=()

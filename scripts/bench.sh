@@ -25,6 +25,7 @@
 # call); start-up to serving all plugins with a cold and a warm compilation cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 
 seconds=${BENCH_SECONDS:-10}
 connections=${BENCH_CONNECTIONS:-64}
@@ -57,7 +58,7 @@ start() {
   "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 600); do
-    addr=$(grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$work/$name.log" | head -1 | sed -E 's|listening on (http://)?||') || true
+    addr=$(listening_addr "$work/$name.log")
     [ -n "${addr:-}" ] && { started_addr=$addr; return; }
     sleep 0.1
   done
@@ -90,11 +91,6 @@ measure() {
 # figure <name> <value>: a derived figure (ratio, reload, start-up, idle) for the JSON result.
 figures=()
 figure() { figures+=("$1|$2"); }
-token_for() { # <addr>: a fresh access token for root
-  curl -sf -X POST "http://$1/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"root@example.com","password":"root-password"}' |
-    sed -E 's/.*"access_token":"([^"]+)".*/\1/'
-}
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 p99_of() { IFS='|' read -r _ _ _ p99 _ <<<"${results[$1]}"; echo "$p99"; }
 print_row() { # <results index>
@@ -102,9 +98,6 @@ print_row() { # <results index>
   IFS='|' read -r label rps p50 p99 errors spread p99_spread <<<"${results[$1]}"
   if (( runs > 1 )); then spread="($spread; p99 $p99_spread)"; else spread=; fi
   printf '%-42s %12s %10s %10s  %-8s %s\n' "$label" "$rps" "$p50" "$p99" "$errors" "$spread"
-}
-to_ms() {
-  awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
 }
 
 ulimit -n 65536 2>/dev/null || true
@@ -293,7 +286,7 @@ startup() { # <cache dir>: ms from spawn until hello answers 200 and users 401 (
   env "${common_env[@]}" DATABASE_URL="sqlite://$work/startup.db" PLUGIN_CACHE_DIR="$1" \
     $target_dir/release/plinth >"$log" 2>&1 &
   local pid=$! addr=
-  until addr=$(grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$log" | head -1 | sed -E 's|listening on (http://)?||') && [ -n "$addr" ]; do
+  until addr=$(listening_addr "$log") && [ -n "$addr" ]; do
     kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
     sleep 0.005
   done

@@ -10,6 +10,7 @@
 # target/profile/perf.data (`perf report -i target/profile/perf.data` to explore it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 path=${PROFILE_PATH:-/hello/x}
 seconds=${PROFILE_SECONDS:-8}
 target_dir=${CARGO_TARGET_DIR:-target}
@@ -42,7 +43,7 @@ env JWT_SECRET=profile-secret-profile-secret-profile-0123 LOG_FORMAT=json \
 host_pid=$!
 addr=
 for _ in $(seq 1 300); do
-  addr=$(grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$work/host.log" | head -1 | sed -E 's|listening on (http://)?||') || true
+  addr=$(listening_addr "$work/host.log")
   [ -n "$addr" ] && break
   sleep 0.1
 done
@@ -50,9 +51,7 @@ done
 
 headers=()
 if [[ $path == /api/v1/users* ]]; then
-  token=$(curl -sf -X POST "http://$addr/api/v1/auth/login" -H 'content-type: application/json' \
-    -d '{"email":"root@example.com","password":"root-password"}' |
-    sed -E 's/.*"access_token":"([^"]+)".*/\1/')
+  token=$(token_for "$addr")
   headers=(-H "Authorization: Bearer $token")
 fi
 

@@ -1,0 +1,19 @@
+# Helpers shared by bench.sh, ab.sh and profile.sh (sourced, not run).
+
+# listening_addr <log>: the address a host or test server logged as listening on, or
+# nothing yet.
+listening_addr() {
+  grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$1" | head -1 | sed -E 's|listening on (http://)?||' || true
+}
+
+# token_for <addr>: a fresh access token for the root user the scripts configure.
+token_for() {
+  curl -sf -X POST "http://$1/api/v1/auth/login" -H 'content-type: application/json' \
+    -d '{"email":"root@example.com","password":"root-password"}' |
+    sed -E 's/.*"access_token":"([^"]+)".*/\1/'
+}
+
+# to_ms: wrk's latency (850.00us, 1.20ms, 2.01s) on stdin, as milliseconds.
+to_ms() {
+  awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.2f", v }'
+}
