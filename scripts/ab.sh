@@ -59,7 +59,7 @@ common_env=(JWT_SECRET=ab-secret-ab-secret-ab-secret-ab-secret-0123 LOG_FORMAT=j
 read -r -a extra_env <<<"${AB_ENV:-}"
 
 start() { # <name> <binary>: sets $started_addr
-  local name=$1 binary=$2 backend_env=() addr=
+  local name=$1 binary=$2 backend_env=()
   if [ "$backend" = postgres ]; then
     bash scripts/services.sh
     local db="plinth_ab_${name}_$$"
@@ -72,12 +72,7 @@ start() { # <name> <binary>: sets $started_addr
   fi
   env "${common_env[@]}" "${backend_env[@]}" "${extra_env[@]}" "$binary" >"$work/$name.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 600); do
-    addr=$(listening_addr "$work/$name.log")
-    [ -n "$addr" ] && { started_addr=$addr; return; }
-    sleep 0.1
-  done
-  echo "ab: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
+  await_listening "ab: $name" "$work/$name.log"
 }
 run_wrk() { # <addr> <path> <token> <seconds>: "rps p99_ms"
   local headers=()

@@ -6,6 +6,18 @@ listening_addr() {
   grep -oE 'listening on (http://)?[0-9.]+:[0-9]+' "$1" | head -1 | sed -E 's|listening on (http://)?||' || true
 }
 
+# await_listening <who> <log>: waits up to 60 s for that log's listening line and sets
+# $started_addr; otherwise prints the log and exits.
+await_listening() {
+  local addr=
+  for _ in $(seq 1 600); do
+    addr=$(listening_addr "$2")
+    [ -n "$addr" ] && { started_addr=$addr; return; }
+    sleep 0.1
+  done
+  echo "$1 did not start:" >&2; cat "$2" >&2; exit 1
+}
+
 # token_for <addr>: a fresh access token for the root user the scripts configure.
 token_for() {
   curl -sf -X POST "http://$1/api/v1/auth/login" -H 'content-type: application/json' \

@@ -54,15 +54,10 @@ trap cleanup EXIT
 # start <name> <command...>: runs a server on port 0 (in this shell, so cleanup can stop
 # it), waits for its "listening" line and sets $started_addr.
 start() {
-  local name=$1 addr=; shift
+  local name=$1; shift
   "$@" >"$work/$name.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 600); do
-    addr=$(listening_addr "$work/$name.log")
-    [ -n "${addr:-}" ] && { started_addr=$addr; return; }
-    sleep 0.1
-  done
-  echo "bench: $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
+  await_listening "bench: $name" "$work/$name.log"
 }
 
 # measure <label> <url> [wrk args...]: runs wrk $runs times and keeps, for the summary,

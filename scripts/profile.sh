@@ -41,13 +41,8 @@ env JWT_SECRET=profile-secret-profile-secret-profile-0123 LOG_FORMAT=json \
   DATABASE_URL="sqlite://$work/profile.db" PLUGINS_DIR="$target_dir/plugins" \
   ${PROFILE_ENV:-} "$target_dir/release/plinth" >"$work/host.log" 2>&1 &
 host_pid=$!
-addr=
-for _ in $(seq 1 300); do
-  addr=$(listening_addr "$work/host.log")
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "profile: the host did not start:" >&2; cat "$work/host.log" >&2; exit 1; }
+await_listening "profile: the host" "$work/host.log"
+addr=$started_addr
 
 headers=()
 if [[ $path == /api/v1/users* ]]; then

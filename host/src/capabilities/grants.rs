@@ -60,11 +60,7 @@ impl Grants {
             let data_set = sql.data_set.get_or_insert_with(|| plugin.to_owned());
             check_data_set_name(data_set)?;
         }
-        self.outbound_http = self
-            .outbound_http
-            .iter()
-            .map(|entry| super::outbound_http::normalize_authority(entry))
-            .collect::<anyhow::Result<_>>()
+        self.outbound_http = super::outbound_http::normalize_authorities(&self.outbound_http)
             .map_err(|err| anyhow::anyhow!("outbound_http: {err}"))?;
         Ok(())
     }

@@ -121,6 +121,14 @@ pub fn normalize_authority(entry: &str) -> anyhow::Result<String> {
     Ok(entry.to_ascii_lowercase())
 }
 
+/// Every entry of an `outbound_http` list checked and normalised ([`normalize_authority`]).
+pub fn normalize_authorities(entries: &BTreeSet<String>) -> anyhow::Result<BTreeSet<String>> {
+    entries
+        .iter()
+        .map(|entry| normalize_authority(entry))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

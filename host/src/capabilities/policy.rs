@@ -108,12 +108,9 @@ impl Policy {
             .map(|(p, a)| (format!("[plugins.{p}]"), a));
         let default = policy.default.as_mut().map(|a| ("[default]".to_owned(), a));
         for (section, allowance) in allowances.chain(default) {
-            allowance.outbound_http = allowance
-                .outbound_http
-                .iter()
-                .map(|entry| super::outbound_http::normalize_authority(entry))
-                .collect::<anyhow::Result<_>>()
-                .with_context(|| format!("{section} outbound_http"))?;
+            allowance.outbound_http =
+                super::outbound_http::normalize_authorities(&allowance.outbound_http)
+                    .with_context(|| format!("{section} outbound_http"))?;
         }
         if let Some(default) = &policy.default {
             anyhow::ensure!(

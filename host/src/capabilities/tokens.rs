@@ -310,8 +310,6 @@ impl TokenService {
     async fn check(&self, token: &str, kind: TokenKind) -> Result<Claims, TokenError> {
         let now = now_secs();
         let claims = match self.verified.get(token) {
-            // Expiry first, as `decode` would report it.
-            Some(claims) if claims.exp <= now => return Err(TokenError::Expired),
             Some(claims) => claims,
             None => {
                 let data =
@@ -327,12 +325,13 @@ impl TokenService {
                 claims
             }
         };
-        if claims.kind != kind_name(kind) {
-            return Err(TokenError::WrongKind);
-        }
-        // Defence in depth: `exp` is validated above with no leeway, so it is > now here.
+        // A token just decoded had its `exp` validated (no leeway); a remembered one is
+        // checked here, before its type, in the order `decode` reports them.
         if claims.exp <= now {
             return Err(TokenError::Expired);
+        }
+        if claims.kind != kind_name(kind) {
+            return Err(TokenError::WrongKind);
         }
         // Both revocation checks in one round trip.
         let revoked_key = self.revoked_key(&claims.jti);

@@ -107,13 +107,12 @@ pub enum Refusal {
 /// checked every time, so a plugin building unique SQL cannot grow the set.
 const REMEMBERED_STATEMENTS: usize = 4_096;
 const REMEMBERED_STATEMENT_BYTES: usize = 4_096;
+static PASSED: LazyLock<RwLock<HashSet<Box<str>>>> = LazyLock::new(Default::default);
 
 /// Checks a statement a plugin runs while serving. The verdict depends on the text only,
 /// so a statement that passed once passes without being checked again.
 pub fn check_serving(statement: &str) -> Result<(), Refusal> {
-    static PASSED: LazyLock<RwLock<HashSet<Box<str>>>> = LazyLock::new(Default::default);
-    let passed = |set: &HashSet<Box<str>>| set.contains(statement);
-    if PASSED.read().is_ok_and(|set| passed(&set)) {
+    if PASSED.read().is_ok_and(|set| set.contains(statement)) {
         return Ok(());
     }
     check_serving_text(statement)?;
@@ -333,12 +332,19 @@ mod tests {
     fn verdicts_hold_when_asked_again() {
         let ok = "SELECT id FROM remembered WHERE id = $1";
         let bad = "SELECT 1; DROP TABLE remembered";
+        let remembered = |statement: &str| PASSED.read().is_ok_and(|set| set.contains(statement));
         for _ in 0..3 {
             assert_eq!(check_serving(ok), Ok(()));
             assert_eq!(check_serving(bad), Err(Refusal::Several));
         }
+        assert!(remembered(ok), "a statement that passed is remembered");
+        assert!(!remembered(bad), "a refusal is never remembered");
         let long = format!("SELECT '{}'", "x".repeat(REMEMBERED_STATEMENT_BYTES));
         assert_eq!(check_serving(&long), Ok(()));
+        assert!(
+            !remembered(&long),
+            "statements over the length are checked every time"
+        );
         assert_eq!(
             check_serving(&format!("{long}; BEGIN")),
             Err(Refusal::Several)
