@@ -11,6 +11,7 @@
 #   AB_NEW=target/ab/plinth-other ...                                    # instead of the build
 #   AB_ENV="PLUGINS_DIR=/some/plugins METRICS_ADDR=127.0.0.1:0" ...       # more settings for both
 #   AB_NON_2XX=ok AB_BASE=... bash scripts/ab.sh /nope                    # host-only path, 404 by design
+#   AB_HEADER="Origin: https://app.example.com" ...                      # one more request header
 #
 # Paths under /api/v1/users are sent with a root access token from each host. Prints, per
 # path, both hosts' requests/s and p99 for every round, then the median of the per-round
@@ -77,6 +78,7 @@ start() { # <name> <binary>: sets $started_addr
 run_wrk() { # <addr> <path> <token> <seconds>: "rps p99_ms"
   local headers=()
   [[ $2 == /api/v1/users* ]] && headers=(-H "Authorization: Bearer $3")
+  [ -n "${AB_HEADER:-}" ] && headers+=(-H "$AB_HEADER")
   local out
   out=$(wrk -t2 -c"$connections" -d"$4s" --latency "${headers[@]}" "http://$1$2")
   if grep -q 'Non-2xx' <<<"$out" && [ -z "${AB_NON_2XX:-}" ]; then

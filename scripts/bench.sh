@@ -7,6 +7,7 @@
 #   BENCH_SECTIONS="sandbox startup" bash scripts/bench.sh   # some of: throughput sandbox reload startup idle
 #   BENCH_RUNS=3 bash scripts/bench.sh       # each target 3 times: median, and the spread
 #   BENCH_COMPARE=bench-baseline.json bash scripts/bench.sh   # and the change against a saved result
+#   BENCH_HOST=target/ab/plinth-before bash scripts/bench.sh  # another host binary (not built here)
 #
 # Every run writes its figures as JSON to $BENCH_OUT (default target/bench/latest.json, under
 # $CARGO_TARGET_DIR when set, where the binaries and plugins are taken from too); keep one as
@@ -34,6 +35,7 @@ runs=${BENCH_RUNS:-1}
 target_dir=${CARGO_TARGET_DIR:-target}
 out_json=${BENCH_OUT:-$target_dir/bench/latest.json}
 compare=${BENCH_COMPARE:-}
+host_bin=${BENCH_HOST:-$target_dir/release/plinth}
 sections=" ${BENCH_SECTIONS:-throughput sandbox reload startup idle} "
 wants() { [[ $sections == *" $1 "* ]]; }
 
@@ -109,29 +111,29 @@ common_env=(JWT_SECRET=bench-secret-bench-secret-bench-secret-0123 LOG_FORMAT=js
 if wants throughput; then
 start hyper env BIND_ADDR=127.0.0.1:0 $target_dir/release/plinth-bench-hyper-hello
 hyper_addr=$started_addr
-start plinth env "${common_env[@]}" DATABASE_URL="sqlite://$work/bench.db" $target_dir/release/plinth
+start plinth env "${common_env[@]}" DATABASE_URL="sqlite://$work/bench.db" $host_bin
 plinth_addr=$started_addr
 start plinth-pg env "${common_env[@]}" DATABASE_URL="postgres://postgres@127.0.0.1:5432/$bench_db" \
-  REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-$$" $target_dir/release/plinth
+  REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-$$" $host_bin
 pg_addr=$started_addr
 # Host-only path (an unknown path: routed, counted, 404) with every middleware off, and on:
 # CORS, rate limiting in Redis (a limit too high to trip), and access logging.
-start plinth-off env "${common_env[@]}" DATABASE_URL="sqlite://$work/off.db" RUST_LOG=warn,plinth=info,plinth::access=off $target_dir/release/plinth
+start plinth-off env "${common_env[@]}" DATABASE_URL="sqlite://$work/off.db" RUST_LOG=warn,plinth=info,plinth::access=off $host_bin
 off_addr=$started_addr
 start plinth-on env "${common_env[@]}" DATABASE_URL="sqlite://$work/on.db" \
   REDIS_URL=redis://127.0.0.1:6379 REDIS_KEY_PREFIX="plinth-bench-on-$$" \
-  RATE_LIMIT_PER_MINUTE=1000000000 CORS_ALLOWED_ORIGINS=https://app.example.com $target_dir/release/plinth
+  RATE_LIMIT_PER_MINUTE=1000000000 CORS_ALLOWED_ORIGINS=https://app.example.com $host_bin
 on_addr=$started_addr
 # The example plugin opting into instance reuse (limits.reuse_instance_for).
 mkdir -p "$work/reuse-plugins"
 cp -r "$target_dir/plugins/hello" "$work/reuse-plugins/"
 sed -i 's/^\[limits\]/[limits]\nreuse_instance_for = 1000/' "$work/reuse-plugins/hello/plugin.toml"
 start plinth-reuse env "${common_env[@]}" DATABASE_URL="sqlite://$work/reuse.db" \
-  PLUGINS_DIR="$work/reuse-plugins" $target_dir/release/plinth
+  PLUGINS_DIR="$work/reuse-plugins" $host_bin
 reuse_addr=$started_addr
 # The plain SQLite host again, measuring every request for Prometheus (METRICS_ADDR).
 start plinth-metrics env "${common_env[@]}" DATABASE_URL="sqlite://$work/metrics.db" \
-  METRICS_ADDR=127.0.0.1:0 $target_dir/release/plinth
+  METRICS_ADDR=127.0.0.1:0 $host_bin
 metrics_host_addr=$started_addr
 
 sqlite_token=$(token_for "$plinth_addr")
@@ -201,7 +203,7 @@ cp -r $target_dir/test-plugins/bigbody "$hostile_plugins/bigbody-capped"
 sed -i -e 's/^name = "bigbody"/name = "bigbody-capped"/' -e 's|/bigbody/|/bigbody-capped/|' \
   -e 's/^\[limits\]/[limits]\nmax_concurrency = 1/' "$hostile_plugins/bigbody-capped/plugin.toml"
 start plinth-hostile env "${common_env[@]}" DATABASE_URL="sqlite://$work/hostile.db" \
-  PLUGINS_DIR="$hostile_plugins" RUST_LOG=warn,plinth=info,plinth::access=off $target_dir/release/plinth
+  PLUGINS_DIR="$hostile_plugins" RUST_LOG=warn,plinth=info,plinth::access=off $host_bin
 hostile_addr=$started_addr
 quiet=${#results[@]}
 measure "GET /hello/x, quiet" "http://$hostile_addr/hello/x"
@@ -243,7 +245,7 @@ mkdir -p "$reload_plugins"
 cp -r $target_dir/plugins/{auth,users} "$reload_plugins/"
 cp -r $target_dir/test-plugins/versioned "$reload_plugins/"
 start plinth-reload env "${common_env[@]}" DATABASE_URL="sqlite://$work/reload.db" \
-  PLUGINS_DIR="$reload_plugins" PLUGIN_CACHE_DIR="$work/reload-cache" RUST_LOG=warn,plinth=info,plinth::access=off $target_dir/release/plinth
+  PLUGINS_DIR="$reload_plugins" PLUGIN_CACHE_DIR="$work/reload-cache" RUST_LOG=warn,plinth=info,plinth::access=off $host_bin
 reload_addr=$started_addr
 reload_token=$(token_for "$reload_addr")
 install_version() { # <built dir>: the files of a version, each renamed into place
@@ -279,7 +281,7 @@ startup() { # <cache dir>: ms from spawn until hello answers 200 and users 401 (
   local t0 log="$work/startup-$RANDOM.log"
   t0=$(now_ms)
   env "${common_env[@]}" DATABASE_URL="sqlite://$work/startup.db" PLUGIN_CACHE_DIR="$1" \
-    $target_dir/release/plinth >"$log" 2>&1 &
+    $host_bin >"$log" 2>&1 &
   local pid=$! addr=
   until addr=$(listening_addr "$log") && [ -n "$addr" ]; do
     kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
@@ -302,7 +304,7 @@ fi
 
 # --- Idle cost: CPU an idle host burns (the epoch ticker, timers) -------------------------
 if wants idle; then
-start plinth-idle env "${common_env[@]}" DATABASE_URL="sqlite://$work/idle.db" $target_dir/release/plinth
+start plinth-idle env "${common_env[@]}" DATABASE_URL="sqlite://$work/idle.db" $host_bin
 idle_pid=${pids[-1]}
 curl -sf "http://$started_addr/hello/x" >/dev/null   # one request, then nothing
 sleep 2

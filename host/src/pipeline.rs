@@ -397,8 +397,7 @@ async fn serve(
 
     let guest_response = target
         .plugin
-        .component
-        .call(&guest_request)
+        .call(guest_request)
         .await
         .map_err(plugin_error)?;
     Ok(into_http_response(guest_response))

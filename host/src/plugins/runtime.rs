@@ -13,8 +13,9 @@
 //! memory limit and a deadline; while under its deadline a guest yields to tokio at every
 //! tick, so a busy plugin never holds a worker thread for long. What a tick cannot cut
 //! short (filling or copying tens of MiB in one instruction, lifting a huge response,
-//! resetting the memory afterwards) is bounded by [`HeavyLanes`]: a plugin whose calls
-//! touch that much memory takes turns on fewer lanes than there are worker threads.
+//! resetting the memory afterwards) is moved off the serving workers by [`HeavyLanes`]: a
+//! plugin whose calls touch that much memory runs them on lanes of its own, at a lower
+//! priority, one call per lane.
 //!
 //! A plugin that keeps no state between requests may opt into reuse
 //! (`limits.reuse_instance_for`): after a successful call its instance is parked
@@ -257,10 +258,16 @@ impl EpochTicker {
     }
 }
 
-/// Where heavy calls run: one lane fewer than the runtime has worker threads (at least
-/// one), shared by every plugin, so calls that cannot yield never hold all the workers
-/// and the other plugins' requests keep being served (issue 14: `/hello/x` p99 next to a
-/// plugin answering 64 MiB bodies went from 19× its quiet figure to under 3×).
+/// Where heavy calls run: lanes of their own, one fewer than the runtime has worker
+/// threads (at least one), shared by every plugin, so a call that cannot yield never
+/// holds a serving worker and other plugins' requests keep being served (issue 14:
+/// `/hello/x` p99 next to a plugin answering 64 MiB bodies was 19× its quiet figure).
+///
+/// A lane is a thread of a small tokio runtime started on the first heavy call, running
+/// at a lower scheduling priority ([`HEAVY_NICE`]): on a busy host the kernel gives the
+/// serving workers the CPU first and heavy calls what is left; on an idle host they run
+/// at full speed. A lane runs one call at a time (a permit per lane): heavy calls take
+/// turns rather than pile up.
 ///
 /// A plugin is put on the lanes by what its calls cost, not by configuration: a call that
 /// grows its memory past [`HEAVY_MEMORY_BYTES`] marks the plugin version for [`HEAVY_FOR`].
@@ -270,9 +277,16 @@ impl EpochTicker {
 pub struct HeavyLanes {
     lanes: Arc<Semaphore>,
     count: usize,
+    /// The lanes' threads, started on first use.
+    threads: Arc<std::sync::OnceLock<LaneThreads>>,
     /// The origin of [`HeavyMark`]'s timestamps.
     origin: Instant,
 }
+
+/// The nice value of the heavy lanes' threads (Linux; 0 is the default, 19 the lowest
+/// priority). At 10 a lane competing with a serving worker for a core gets about a tenth
+/// of it (CFS/EEVDF weights 110 against 1024), and the worker preempts it on wake-up.
+const HEAVY_NICE: i32 = 10;
 
 impl HeavyLanes {
     fn for_this_runtime() -> Self {
@@ -286,12 +300,90 @@ impl HeavyLanes {
         Self {
             lanes: Arc::new(Semaphore::new(count)),
             count,
+            threads: Arc::default(),
             origin: Instant::now(),
         }
     }
 
     fn now(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs `call` on the lanes' threads and waits for it; dropping the wait cancels the
+    /// call, as it would on the caller's own task. Where the threads cannot be started,
+    /// `call` runs on the caller's task (still one lane at a time, as before lanes had
+    /// threads).
+    pub async fn run<T, F>(&self, call: F) -> Result<T, PluginFailure>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, PluginFailure>> + Send + 'static,
+    {
+        let Some(runtime) = self.runtime() else {
+            return call.await;
+        };
+        let task = runtime.spawn(crate::telemetry::traces::carry_sampling(
+            call.in_current_span(),
+        ));
+        let _cancel_on_drop = AbortOnDrop(task.abort_handle());
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(PluginFailure::Overloaded("heavy-call lanes stopped".into())),
+        }
+    }
+
+    /// The lanes' runtime, started on first use; `None` if its threads cannot be started.
+    fn runtime(&self) -> Option<&tokio::runtime::Runtime> {
+        self.threads
+            .get_or_init(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(self.count)
+                    .thread_name("plinth-heavy")
+                    .on_thread_start(lower_priority)
+                    .enable_all()
+                    .build()
+                    .map(|runtime| LaneThreads(Some(runtime)))
+                    .unwrap_or_else(|err| {
+                        tracing::error!(
+                            error = %err,
+                            "cannot start the heavy-call lanes' threads: heavy calls run on the serving workers"
+                        );
+                        LaneThreads(None)
+                    })
+            })
+            .0
+            .as_ref()
+    }
+}
+
+/// Gives the calling thread the heavy lanes' priority ([`HEAVY_NICE`]). On Linux a nice
+/// value is per thread; elsewhere it would be the whole process's, so nothing is changed.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(err) = rustix::process::setpriority_process(None, HEAVY_NICE) {
+        tracing::warn!(error = %err, "cannot lower a heavy-call lane's priority");
+    }
+}
+
+/// The heavy lanes' runtime; shut down without waiting when the engine goes (a runtime
+/// may not be dropped, blocking, inside another).
+#[derive(Debug)]
+struct LaneThreads(Option<tokio::runtime::Runtime>);
+
+impl Drop for LaneThreads {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Cancels a task when the one waiting for it goes away.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -820,6 +912,11 @@ impl ReadyComponent {
         }
     }
 
+    /// Whether this version's calls go to the heavy lanes now.
+    pub fn is_heavy(&self) -> bool {
+        self.heavy.is_set(&self.heavy_lanes)
+    }
+
     /// Whether this version's calls take turns on the heavy lanes now, and how many lanes
     /// the host has (shown by the admin API).
     pub fn heavy_status(&self) -> serde_json::Value {
@@ -952,4 +1049,56 @@ fn validate_response(response: &Response, max_body_bytes: usize) -> Result<(), P
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn heavy_calls_run_on_threads_of_their_own_at_a_lower_priority() {
+        let lanes = HeavyLanes::new(1);
+        let (thread, nice) = lanes
+            .run(async {
+                let thread = std::thread::current().name().map(str::to_owned);
+                #[cfg(target_os = "linux")]
+                let nice = rustix::process::getpriority_process(None).ok();
+                #[cfg(not(target_os = "linux"))]
+                let nice = None::<i32>;
+                Ok((thread, nice))
+            })
+            .await
+            .expect("the call ran");
+        assert_eq!(thread.as_deref(), Some("plinth-heavy"));
+        if cfg!(target_os = "linux") {
+            assert_eq!(nice, Some(HEAVY_NICE));
+        }
+        // The caller's own thread keeps its priority.
+        #[cfg(target_os = "linux")]
+        assert_eq!(rustix::process::getpriority_process(None).ok(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_heavy_call_is_cancelled_when_its_caller_stops_waiting() {
+        let lanes = HeavyLanes::new(1);
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (held, dropped) = tokio::sync::oneshot::channel::<()>();
+        let waiting = lanes.run(async move {
+            let _held = held;
+            let _ = started_tx.send(());
+            std::future::pending::<Result<(), PluginFailure>>().await
+        });
+        let stopped = tokio::select! {
+            _ = waiting => false,
+            _ = started => true,
+        };
+        assert!(stopped, "the call started");
+        // The wait is dropped: the task, and what it held, go with it.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), dropped)
+                .await
+                .expect("the call was cancelled")
+                .is_err()
+        );
+    }
 }
