@@ -51,7 +51,7 @@ pub struct RateLimiter {
     /// outage costs one timeout, not one per request.
     store_down_until_ms: AtomicU64,
     /// Counter values reserved from the shared store and not yet handed out.
-    leases: Mutex<Leases>,
+    leases: Mutex<Leases<Counter>>,
 }
 
 /// How long the shared store is left alone after it failed.
@@ -146,18 +146,26 @@ impl RateLimiter {
             .as_secs();
         let window = now / WINDOW.as_secs();
         let reset_secs = (window + 1) * WINDOW.as_secs() - now;
-        let class_name = class.name();
-        let key = format!(
-            "{}:rl:{class_name}:{}:{window}",
-            self.key_prefix,
-            ClientKey(client)
-        );
+        let counter = Counter {
+            class,
+            client: ClientKey::of(client),
+        };
+        // The store's key, written only when the store is asked (with Redis, once per
+        // reservation rather than per request).
+        let key = || {
+            format!(
+                "{}:rl:{}:{}:{window}",
+                self.key_prefix,
+                class.name(),
+                counter.client
+            )
+        };
         // The key outlives its window slightly so clock skew between instances is harmless.
         let ttl = Some(WINDOW + Duration::from_secs(5));
         let shared = if now_ms() < self.store_down_until_ms.load(Ordering::Relaxed) {
             None
         } else {
-            match self.count_shared(&key, window, limit, ttl).await {
+            match self.count_shared(counter, key, window, limit, ttl).await {
                 Ok(count) => Some(count),
                 Err(err) => {
                     tracing::warn!(error = %err, "rate limit store unavailable");
@@ -173,7 +181,7 @@ impl RateLimiter {
             (Some(count), _) => count,
             (None, RateLimitClass::Default) => self
                 .local
-                .increment(&key, 1, ttl)
+                .increment(&key(), 1, ttl)
                 .await
                 .map_err(|_| LimiterUnavailable)?,
             (None, RateLimitClass::Auth) => return Err(LimiterUnavailable),
@@ -193,25 +201,33 @@ impl RateLimiter {
     /// it holds one, otherwise reserved from the store (see the module docs).
     async fn count_shared(
         &self,
-        key: &str,
+        counter: Counter,
+        key: impl Fn() -> String,
         window: u64,
         limit: u32,
         ttl: Option<Duration>,
     ) -> Result<i64, crate::capabilities::kv::KvError> {
         if !self.store.is_redis() {
-            return self.store.increment(key, 1, ttl).await;
+            return self.store.increment(&key(), 1, ttl).await;
         }
         let reservation = {
             let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-            match leases.take(key, window, limit) {
+            match leases.take(&counter, window, limit) {
                 Take::Value(value) => return Ok(value),
                 Take::Reserve(n) => n,
             }
         };
-        let last = self.store.increment(key, reservation, ttl).await?;
+        let last = self.store.increment(&key(), reservation, ttl).await?;
         let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(leases.reserved(key, window, limit, last, reservation))
+        Ok(leases.reserved(&counter, window, limit, last, reservation))
     }
+}
+
+/// One client's counter in one class (the window is the [`Leases`]').
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Counter {
+    class: RateLimitClass,
+    client: ClientKey,
 }
 
 /// Largest number of counter values a host reserves at once.
@@ -222,10 +238,19 @@ pub const MAX_RESERVATION: i64 = 16;
 const MAX_LEASED_CLIENTS: usize = 100_000;
 
 /// The counter values this host reserved, per counter key, for the current window.
-#[derive(Debug, Default)]
-struct Leases {
+#[derive(Debug)]
+struct Leases<K = Counter> {
     window: u64,
-    by_key: HashMap<String, Lease>,
+    by_key: HashMap<K, Lease>,
+}
+
+impl<K> Default for Leases<K> {
+    fn default() -> Self {
+        Self {
+            window: 0,
+            by_key: HashMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -245,8 +270,8 @@ enum Take {
     Reserve(i64),
 }
 
-impl Leases {
-    fn take(&mut self, key: &str, window: u64, limit: u32) -> Take {
+impl<K: std::hash::Hash + Eq + Clone> Leases<K> {
+    fn take(&mut self, key: &K, window: u64, limit: u32) -> Take {
         if window != self.window {
             // A new window: every reservation of the old one is void.
             self.window = window;
@@ -274,14 +299,14 @@ impl Leases {
 
     /// Records that the store's counter went to `last` after reserving `n`; returns the
     /// value of the request that reserved them and keeps the rest.
-    fn reserved(&mut self, key: &str, window: u64, limit: u32, last: i64, n: i64) -> i64 {
+    fn reserved(&mut self, key: &K, window: u64, limit: u32, last: i64, n: i64) -> i64 {
         let first = last - n + 1;
         if window != self.window
             || (!self.by_key.contains_key(key) && self.by_key.len() >= MAX_LEASED_CLIENTS)
         {
             return first;
         }
-        let lease = self.by_key.entry(key.to_owned()).or_default();
+        let lease = self.by_key.entry(key.clone()).or_default();
         lease.seen = lease.seen.max(last);
         // Values past the limit admit nobody: not worth keeping.
         let usable_end = last.min(i64::from(limit));
@@ -298,25 +323,32 @@ fn reservation(limit: i64, seen: i64) -> i64 {
     ((limit - seen) / 8).clamp(1, MAX_RESERVATION)
 }
 
-/// Whose budget a client draws from: its IPv4 address, or its IPv6 /64 (written straight
-/// into the counter's key).
+/// Whose budget a client draws from: its IPv4 address, or its IPv6 /64 (the address with
+/// its last 64 bits cleared; written `2001:db8:1:2::/64` into the counter's key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ClientKey(IpAddr);
+
+impl ClientKey {
+    fn of(client: IpAddr) -> Self {
+        Self(match client.to_canonical() {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => IpAddr::V6((v6.to_bits() & !u128::from(u64::MAX)).into()),
+        })
+    }
+}
 
 impl std::fmt::Display for ClientKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.to_canonical() {
+        match self.0 {
             IpAddr::V4(v4) => v4.fmt(f),
-            IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, 64) {
-                Ok(net) => net.trunc().fmt(f),
-                Err(_) => v6.fmt(f),
-            },
+            IpAddr::V6(v6) => write!(f, "{v6}/64"),
         }
     }
 }
 
 #[cfg(test)]
 fn client_key(client: IpAddr) -> String {
-    ClientKey(client).to_string()
+    ClientKey::of(client).to_string()
 }
 
 /// `net` in canonical form: an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as the
@@ -430,15 +462,15 @@ mod tests {
     /// `order` (a host index per request): what each request was told.
     fn simulate(hosts: usize, limit: u32, order: &[usize]) -> Vec<bool> {
         let mut counter = 0i64;
-        let mut leases: Vec<Leases> = (0..hosts).map(|_| Leases::default()).collect();
+        let mut leases: Vec<Leases<&str>> = (0..hosts).map(|_| Leases::default()).collect();
         order
             .iter()
             .map(|&host| {
-                let value = match leases[host].take("k", 7, limit) {
+                let value = match leases[host].take(&"k", 7, limit) {
                     Take::Value(value) => value,
                     Take::Reserve(n) => {
                         counter += n;
-                        leases[host].reserved("k", 7, limit, counter, n)
+                        leases[host].reserved(&"k", 7, limit, counter, n)
                     }
                 };
                 value <= i64::from(limit)
@@ -489,11 +521,11 @@ mod tests {
 
     #[test]
     fn a_host_past_the_limit_refuses_without_asking_and_a_new_window_starts_afresh() {
-        let mut leases = Leases::default();
-        assert_eq!(leases.take("k", 1, 3), Take::Reserve(1));
-        assert_eq!(leases.reserved("k", 1, 3, 4, 1), 4); // another host took 1..=3
-        assert_eq!(leases.take("k", 1, 3), Take::Value(5));
-        assert_eq!(leases.take("k", 2, 3), Take::Reserve(1));
+        let mut leases = Leases::<&str>::default();
+        assert_eq!(leases.take(&"k", 1, 3), Take::Reserve(1));
+        assert_eq!(leases.reserved(&"k", 1, 3, 4, 1), 4); // another host took 1..=3
+        assert_eq!(leases.take(&"k", 1, 3), Take::Value(5));
+        assert_eq!(leases.take(&"k", 2, 3), Take::Reserve(1));
         // Reservations stay bounded, and shrink as the budget runs out.
         assert_eq!(reservation(1_000_000, 0), MAX_RESERVATION);
         assert_eq!(reservation(100, 60), 5);

@@ -79,7 +79,7 @@ pub struct RouteSpec {
 }
 
 /// The rate-limit budgets a route can draw from (limits come from the host's configuration).
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitClass {
     /// `RATE_LIMIT_PER_MINUTE`.
