@@ -14,8 +14,8 @@
 //! tick, so a busy plugin never holds a worker thread for long. What a tick cannot cut
 //! short (filling or copying tens of MiB in one instruction, lifting a huge response,
 //! resetting the memory afterwards) is moved off the serving workers by [`HeavyLanes`]: a
-//! plugin whose calls touch that much memory runs them on lanes of its own, at a lower
-//! priority, one call per lane.
+//! plugin whose calls touch that much memory runs them on threads of their own, one call
+//! per lane.
 //!
 //! A plugin that keeps no state between requests may opt into reuse
 //! (`limits.reuse_instance_for`): after a successful call its instance is parked
@@ -260,14 +260,16 @@ impl EpochTicker {
 
 /// Where heavy calls run: lanes of their own, one fewer than the runtime has worker
 /// threads (at least one), shared by every plugin, so a call that cannot yield never
-/// holds a serving worker and other plugins' requests keep being served (issue 14:
-/// `/hello/x` p99 next to a plugin answering 64 MiB bodies was 19× its quiet figure).
+/// holds a serving worker, and no request queued on a worker waits behind one (issue 14:
+/// `/hello/x` p99 next to a plugin answering 64 MiB bodies was 19× its quiet figure, and
+/// up to 5× with the lanes on the workers).
 ///
-/// A lane is a thread of a small tokio runtime started on the first heavy call, running
-/// at a lower scheduling priority ([`HEAVY_NICE`]): on a busy host the kernel gives the
-/// serving workers the CPU first and heavy calls what is left; on an idle host they run
-/// at full speed. A lane runs one call at a time (a permit per lane): heavy calls take
-/// turns rather than pile up.
+/// A lane is a thread of a small tokio runtime started on the first heavy call. A lane
+/// runs one call at a time (a permit per lane): heavy calls take turns rather than pile
+/// up. The threads keep the default priority: a lower one (nice 10, measured) shortened
+/// the tail next to a memory bomb a little but halved a heavy plugin's throughput under
+/// load, and every thread created from a lane (a blocking-pool thread, a SQLite
+/// connection's) would inherit it for good.
 ///
 /// A plugin is put on the lanes by what its calls cost, not by configuration: a call that
 /// grows its memory past [`HEAVY_MEMORY_BYTES`] marks the plugin version for [`HEAVY_FOR`].
@@ -282,11 +284,6 @@ pub struct HeavyLanes {
     /// The origin of [`HeavyMark`]'s timestamps.
     origin: Instant,
 }
-
-/// The nice value of the heavy lanes' threads (Linux; 0 is the default, 19 the lowest
-/// priority). At 10 a lane competing with a serving worker for a core gets about a tenth
-/// of it (CFS/EEVDF weights 110 against 1024), and the worker preempts it on wake-up.
-const HEAVY_NICE: i32 = 10;
 
 impl HeavyLanes {
     fn for_this_runtime() -> Self {
@@ -321,9 +318,11 @@ impl HeavyLanes {
         let Some(runtime) = self.runtime() else {
             return call.await;
         };
-        let task = runtime.spawn(crate::telemetry::traces::carry_sampling(
-            call.in_current_span(),
-        ));
+        let call = crate::telemetry::traces::carry_sampling(call.in_current_span());
+        let task = runtime.spawn(OnServingRuntime {
+            serving: tokio::runtime::Handle::try_current().ok(),
+            call: Box::pin(call),
+        });
         let _cancel_on_drop = AbortOnDrop(task.abort_handle());
         match task.await {
             Ok(result) => result,
@@ -339,7 +338,6 @@ impl HeavyLanes {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(self.count)
                     .thread_name("plinth-heavy")
-                    .on_thread_start(lower_priority)
                     .enable_all()
                     .build()
                     .map(|runtime| LaneThreads(Some(runtime)))
@@ -356,15 +354,6 @@ impl HeavyLanes {
     }
 }
 
-/// Gives the calling thread the heavy lanes' priority ([`HEAVY_NICE`]). On Linux a nice
-/// value is per thread; elsewhere it would be the whole process's, so nothing is changed.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    if let Err(err) = rustix::process::setpriority_process(None, HEAVY_NICE) {
-        tracing::warn!(error = %err, "cannot lower a heavy-call lane's priority");
-    }
-}
-
 /// The heavy lanes' runtime; shut down without waiting when the engine goes (a runtime
 /// may not be dropped, blocking, inside another).
 #[derive(Debug)]
@@ -375,6 +364,27 @@ impl Drop for LaneThreads {
         if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// A heavy call polled with the serving runtime entered: what it spawns (a Redis
+/// connection's driver, a transaction's rollback, an outbound connection) and the timers
+/// it sets belong to the serving runtime, and never wait behind a heavy call on a lane.
+struct OnServingRuntime<F> {
+    serving: Option<tokio::runtime::Handle>,
+    call: std::pin::Pin<Box<F>>,
+}
+
+impl<F: Future> Future for OnServingRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.get_mut();
+        let _entered = this.serving.as_ref().map(tokio::runtime::Handle::enter);
+        this.call.as_mut().poll(cx)
     }
 }
 
@@ -1056,26 +1066,28 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn heavy_calls_run_on_threads_of_their_own_at_a_lower_priority() {
+    async fn heavy_calls_run_on_threads_of_their_own() {
         let lanes = HeavyLanes::new(1);
-        let (thread, nice) = lanes
-            .run(async {
-                let thread = std::thread::current().name().map(str::to_owned);
-                #[cfg(target_os = "linux")]
-                let nice = rustix::process::getpriority_process(None).ok();
-                #[cfg(not(target_os = "linux"))]
-                let nice = None::<i32>;
-                Ok((thread, nice))
-            })
+        let thread = lanes
+            .run(async { Ok(std::thread::current().name().map(str::to_owned)) })
             .await
             .expect("the call ran");
         assert_eq!(thread.as_deref(), Some("plinth-heavy"));
-        if cfg!(target_os = "linux") {
-            assert_eq!(nice, Some(HEAVY_NICE));
-        }
-        // The caller's own thread keeps its priority.
-        #[cfg(target_os = "linux")]
-        assert_eq!(rustix::process::getpriority_process(None).ok(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn what_a_heavy_call_spawns_runs_on_the_serving_runtime() {
+        let lanes = HeavyLanes::new(1);
+        let serving = std::thread::current().id();
+        let spawned_on = lanes
+            .run(async {
+                let spawned = tokio::spawn(async { std::thread::current().id() });
+                Ok(spawned.await.expect("the spawned task ran"))
+            })
+            .await
+            .expect("the call ran");
+        // This test's runtime has one thread: the one running the test.
+        assert_eq!(spawned_on, serving);
     }
 
     #[tokio::test]
