@@ -155,9 +155,9 @@ async fn a_huge_response_body_is_500_and_a_fitting_one_is_served() {
     });
 }
 
-/// A call that fills tens of MiB holds its thread for milliseconds without a chance to
-/// yield. Such a plugin is put on the heavy lanes (threads of their own, one fewer than the
-/// host's worker threads), so its calls take turns there and never hold a serving worker.
+/// A call that fills tens of MiB holds its worker thread for milliseconds without a chance
+/// to yield. Such a plugin is put on the heavy lanes (one fewer than the host's worker
+/// threads), so its calls take turns there and never hold every worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_filling_tens_of_mib_takes_turns_on_the_heavy_lanes() {
     let plugins = PluginsDir::with(&["auth", "users", "hello", "bigbody"]);

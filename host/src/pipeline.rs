@@ -397,7 +397,8 @@ async fn serve(
 
     let guest_response = target
         .plugin
-        .call(guest_request)
+        .component
+        .call(&guest_request)
         .await
         .map_err(plugin_error)?;
     Ok(into_http_response(guest_response))

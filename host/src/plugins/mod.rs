@@ -27,11 +27,11 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 
-use crate::bindings::{PluginPre, Request, Response};
+use crate::bindings::PluginPre;
 use crate::capabilities::{self, Capabilities};
 use manifest::{LocatedManifest, Manifest};
 use routes::RouteTable;
-use runtime::{Entry, InstanceState, PluginEngine, PluginFailure, ReadyComponent};
+use runtime::{Entry, InstanceState, PluginEngine, ReadyComponent};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 /// The WIT package whose interfaces are capabilities (and whose `handler` is the export).
@@ -58,19 +58,6 @@ pub struct LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// Serves one request in this version: on the caller's task, or, while the version is
-    /// marked heavy, on the heavy lanes' own threads (see [`runtime::HeavyLanes`]).
-    pub async fn call(self: &Arc<Self>, request: Request) -> Result<Response, PluginFailure> {
-        if !self.component.is_heavy() {
-            return self.component.call(&request).await;
-        }
-        let plugin = Arc::clone(self);
-        self.component
-            .heavy_lanes
-            .run(async move { plugin.component.call(&request).await })
-            .await
-    }
-
     /// Reads, compiles and links the plugin in `dir`. When `previous` (the version now
     /// serving) has the same component bytes, its compiled code is reused: a change to
     /// the manifest alone costs no compilation.

@@ -13,9 +13,8 @@
 //! memory limit and a deadline; while under its deadline a guest yields to tokio at every
 //! tick, so a busy plugin never holds a worker thread for long. What a tick cannot cut
 //! short (filling or copying tens of MiB in one instruction, lifting a huge response,
-//! resetting the memory afterwards) is moved off the serving workers by [`HeavyLanes`]: a
-//! plugin whose calls touch that much memory runs them on threads of their own, one call
-//! per lane.
+//! resetting the memory afterwards) is bounded by [`HeavyLanes`]: a plugin whose calls
+//! touch that much memory takes turns on fewer lanes than there are worker threads.
 //!
 //! A plugin that keeps no state between requests may opt into reuse
 //! (`limits.reuse_instance_for`): after a successful call its instance is parked
@@ -258,29 +257,25 @@ impl EpochTicker {
     }
 }
 
-/// Where heavy calls run: lanes of their own, one fewer than the runtime has worker
-/// threads (at least one), shared by every plugin, so a call that cannot yield never
-/// holds a serving worker, and no request queued on a worker waits behind one (issue 14:
-/// `/hello/x` p99 next to a plugin answering 64 MiB bodies was 19× its quiet figure, and
-/// up to 5× with the lanes on the workers).
-///
-/// A lane is a thread of a small tokio runtime started on the first heavy call. A lane
-/// runs one call at a time (a permit per lane): heavy calls take turns rather than pile
-/// up. The threads keep the default priority: a lower one (nice 10, measured) shortened
-/// the tail next to a memory bomb a little but halved a heavy plugin's throughput under
-/// load, and every thread created from a lane (a blocking-pool thread, a SQLite
-/// connection's) would inherit it for good.
+/// Where heavy calls run: one lane fewer than the runtime has worker threads (at least
+/// one), shared by every plugin, so calls that cannot yield never hold all the workers
+/// and the other plugins' requests keep being served (issue 14: `/hello/x` p99 next to a
+/// plugin answering 64 MiB bodies went from 19× its quiet figure to under 3×).
 ///
 /// A plugin is put on the lanes by what its calls cost, not by configuration: a call that
 /// grows its memory past [`HEAVY_MEMORY_BYTES`] marks the plugin version for [`HEAVY_FOR`].
 /// Its calls then wait (within the plugin's queue timeout) for a lane; a plugin that never
 /// touches that much memory never waits here.
+///
+/// Lanes as threads of their own (a small runtime beside the workers) were measured and
+/// not kept (`BENCHMARKS.md`, issue 14's fourth round): at the default priority a memory
+/// bomb on them took a third of the CPU from the workers, at a lower one every thread a
+/// lane creates would inherit that priority; and only as a shared permit does a lane also
+/// cap how many heavy calls run at once.
 #[derive(Clone, Debug)]
 pub struct HeavyLanes {
     lanes: Arc<Semaphore>,
     count: usize,
-    /// The lanes' threads, started on first use.
-    threads: Arc<std::sync::OnceLock<LaneThreads>>,
     /// The origin of [`HeavyMark`]'s timestamps.
     origin: Instant,
 }
@@ -297,103 +292,12 @@ impl HeavyLanes {
         Self {
             lanes: Arc::new(Semaphore::new(count)),
             count,
-            threads: Arc::default(),
             origin: Instant::now(),
         }
     }
 
     fn now(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Runs `call` on the lanes' threads and waits for it; dropping the wait cancels the
-    /// call, as it would on the caller's own task. Where the threads cannot be started,
-    /// `call` runs on the caller's task (still one lane at a time, as before lanes had
-    /// threads).
-    pub async fn run<T, F>(&self, call: F) -> Result<T, PluginFailure>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, PluginFailure>> + Send + 'static,
-    {
-        let Some(runtime) = self.runtime() else {
-            return call.await;
-        };
-        let call = crate::telemetry::traces::carry_sampling(call.in_current_span());
-        let task = runtime.spawn(OnServingRuntime {
-            serving: tokio::runtime::Handle::try_current().ok(),
-            call: Box::pin(call),
-        });
-        let _cancel_on_drop = AbortOnDrop(task.abort_handle());
-        match task.await {
-            Ok(result) => result,
-            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-            Err(_) => Err(PluginFailure::Overloaded("heavy-call lanes stopped".into())),
-        }
-    }
-
-    /// The lanes' runtime, started on first use; `None` if its threads cannot be started.
-    fn runtime(&self) -> Option<&tokio::runtime::Runtime> {
-        self.threads
-            .get_or_init(|| {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(self.count)
-                    .thread_name("plinth-heavy")
-                    .enable_all()
-                    .build()
-                    .map(|runtime| LaneThreads(Some(runtime)))
-                    .unwrap_or_else(|err| {
-                        tracing::error!(
-                            error = %err,
-                            "cannot start the heavy-call lanes' threads: heavy calls run on the serving workers"
-                        );
-                        LaneThreads(None)
-                    })
-            })
-            .0
-            .as_ref()
-    }
-}
-
-/// The heavy lanes' runtime; shut down without waiting when the engine goes (a runtime
-/// may not be dropped, blocking, inside another).
-#[derive(Debug)]
-struct LaneThreads(Option<tokio::runtime::Runtime>);
-
-impl Drop for LaneThreads {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-/// A heavy call polled with the serving runtime entered: what it spawns (a Redis
-/// connection's driver, a transaction's rollback, an outbound connection) and the timers
-/// it sets belong to the serving runtime, and never wait behind a heavy call on a lane.
-struct OnServingRuntime<F> {
-    serving: Option<tokio::runtime::Handle>,
-    call: std::pin::Pin<Box<F>>,
-}
-
-impl<F: Future> Future for OnServingRuntime<F> {
-    type Output = F::Output;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        let this = self.get_mut();
-        let _entered = this.serving.as_ref().map(tokio::runtime::Handle::enter);
-        this.call.as_mut().poll(cx)
-    }
-}
-
-/// Cancels a task when the one waiting for it goes away.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -922,11 +826,6 @@ impl ReadyComponent {
         }
     }
 
-    /// Whether this version's calls go to the heavy lanes now.
-    pub fn is_heavy(&self) -> bool {
-        self.heavy.is_set(&self.heavy_lanes)
-    }
-
     /// Whether this version's calls take turns on the heavy lanes now, and how many lanes
     /// the host has (shown by the admin API).
     pub fn heavy_status(&self) -> serde_json::Value {
@@ -1059,58 +958,4 @@ fn validate_response(response: &Response, max_body_bytes: usize) -> Result<(), P
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn heavy_calls_run_on_threads_of_their_own() {
-        let lanes = HeavyLanes::new(1);
-        let thread = lanes
-            .run(async { Ok(std::thread::current().name().map(str::to_owned)) })
-            .await
-            .expect("the call ran");
-        assert_eq!(thread.as_deref(), Some("plinth-heavy"));
-    }
-
-    #[tokio::test]
-    async fn what_a_heavy_call_spawns_runs_on_the_serving_runtime() {
-        let lanes = HeavyLanes::new(1);
-        let serving = std::thread::current().id();
-        let spawned_on = lanes
-            .run(async {
-                let spawned = tokio::spawn(async { std::thread::current().id() });
-                Ok(spawned.await.expect("the spawned task ran"))
-            })
-            .await
-            .expect("the call ran");
-        // This test's runtime has one thread: the one running the test.
-        assert_eq!(spawned_on, serving);
-    }
-
-    #[tokio::test]
-    async fn a_heavy_call_is_cancelled_when_its_caller_stops_waiting() {
-        let lanes = HeavyLanes::new(1);
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let (held, dropped) = tokio::sync::oneshot::channel::<()>();
-        let waiting = lanes.run(async move {
-            let _held = held;
-            let _ = started_tx.send(());
-            std::future::pending::<Result<(), PluginFailure>>().await
-        });
-        let stopped = tokio::select! {
-            _ = waiting => false,
-            _ = started => true,
-        };
-        assert!(stopped, "the call started");
-        // The wait is dropped: the task, and what it held, go with it.
-        assert!(
-            tokio::time::timeout(Duration::from_secs(5), dropped)
-                .await
-                .expect("the call was cancelled")
-                .is_err()
-        );
-    }
 }

@@ -73,20 +73,6 @@ pub async fn within<F: std::future::Future>(server: &Span, work: F) -> F::Output
     SAMPLED.scope(sampled, work).await
 }
 
-/// `work` with the current request's sampling decision, for work handed to another task
-/// (a task-local does not follow a spawned future).
-pub fn carry_sampling<F: std::future::Future>(
-    work: F,
-) -> impl std::future::Future<Output = F::Output> {
-    let sampled = SAMPLED.try_with(|sampled| *sampled).ok();
-    async move {
-        match sampled {
-            Some(sampled) => SAMPLED.scope(sampled, work).await,
-            None => work.await,
-        }
-    }
-}
-
 /// A span of the trace (target [`TARGET`]) when the current request is traced and
 /// sampled, otherwise [`Span::none`] without touching the subscriber: an unsampled request
 /// costs its server span only.
