@@ -157,7 +157,8 @@ async fn a_huge_response_body_is_500_and_a_fitting_one_is_served() {
 
 /// A call that fills tens of MiB holds its worker thread for milliseconds without a chance
 /// to yield. Such a plugin is put on the heavy lanes (one fewer than the host's worker
-/// threads), so its calls take turns there and never hold every worker.
+/// threads), so its calls take turns there and never hold every worker, and each hands its
+/// worker's queue to another thread before it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_filling_tens_of_mib_takes_turns_on_the_heavy_lanes() {
     let plugins = PluginsDir::with(&["auth", "users", "hello", "bigbody"]);
@@ -168,12 +169,14 @@ async fn a_plugin_filling_tens_of_mib_takes_turns_on_the_heavy_lanes() {
     assert_eq!(host.get("/bigbody/1").await.status(), 200);
     let bigbody = host.admin_plugin("bigbody", &root.access).await;
     assert_eq!(bigbody["heavy"]["marked"], false, "{bigbody}");
+    assert_eq!(bigbody["heavy"]["holds_threads"], false, "{bigbody}");
     assert_eq!(bigbody["counters"]["heavy_calls"], 0, "{bigbody}");
     let lanes = bigbody["heavy"]["lanes"].as_u64().expect("heavy.lanes");
     assert!(lanes >= 1, "{bigbody}");
 
-    // One call that fills 32 MiB puts it there, and the operator is told.
-    assert_eq!(host.get("/bigbody/hold/32/0").await.status(), 200);
+    // One call that fills 112 MiB in one go (one `memory.fill`: no yield for milliseconds)
+    // puts it there and marks it as holding threads, and the operator is told.
+    assert_eq!(host.get("/bigbody/hold/112/0").await.status(), 200);
     let warning = host
         .wait_for_log(|l| l["level"] == "WARN" && l["plugin"] == "bigbody" && l["lanes"] == lanes);
     assert!(
@@ -184,7 +187,11 @@ async fn a_plugin_filling_tens_of_mib_takes_turns_on_the_heavy_lanes() {
     );
     let bigbody = host.admin_plugin("bigbody", &root.access).await;
     assert_eq!(bigbody["heavy"]["marked"], true, "{bigbody}");
+    assert_eq!(bigbody["heavy"]["holds_threads"], true, "{bigbody}");
     assert_eq!(bigbody["counters"]["heavy_calls"], 1, "{bigbody}");
+    host.wait_for_log(|l| {
+        l["level"] == "WARN" && l["plugin"] == "bigbody" && l["held_ms"].is_u64()
+    });
     // Other plugins are not marked.
     let hello = host.admin_plugin("hello", &root.access).await;
     assert_eq!(hello["heavy"]["marked"], false, "{hello}");
@@ -198,7 +205,7 @@ async fn a_plugin_filling_tens_of_mib_takes_turns_on_the_heavy_lanes() {
             let host = host.clone();
             tokio::spawn(async move {
                 let response = host
-                    .get(&format!("/bigbody/hold/32/{}", hold.as_millis()))
+                    .get(&format!("/bigbody/hold/64/{}", hold.as_millis()))
                     .await;
                 (response.status(), Instant::now())
             })

@@ -143,6 +143,7 @@ impl LoadedPlugin {
                 ticker: engine.ticker(),
                 heavy_lanes: engine.heavy_lanes(),
                 heavy: runtime::HeavyMark::default(),
+                holds_threads: runtime::HeavyMark::default(),
                 entry,
                 plugin_name: Arc::from(manifest.name.as_str()),
                 capabilities: plugin_capabilities,

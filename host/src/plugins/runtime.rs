@@ -84,6 +84,14 @@ const SLOT_WAIT: Duration = Duration::from_secs(5);
 /// to yield. Rust guests start near 1 MiB; `auth` and `users` stay under 3 MiB.
 const HEAVY_MEMORY_BYTES: usize = 16 * 1024 * 1024;
 
+/// A heavy call that also held its thread this long at a stretch (guest code between two
+/// yields: one `memory.fill` of tens of MiB; or the host lifting its response) marks its
+/// plugin as one that holds threads: its next calls first hand their worker's queue to
+/// another thread ([`tokio::task::block_in_place`]), so the requests queued behind them
+/// are not held up. A memory bomb allocating 1 MiB at a time yields between its
+/// allocations and is not marked; it takes turns on the lanes like any heavy call.
+const HOLDING_STRETCH: Duration = Duration::from_millis(10);
+
 /// How long a plugin's calls keep taking turns on the heavy lanes after its last heavy call.
 const HEAVY_FOR: Duration = Duration::from_secs(60);
 
@@ -301,6 +309,14 @@ impl HeavyLanes {
     }
 }
 
+/// Whether this task runs on a multi-threaded runtime's worker, where
+/// [`tokio::task::block_in_place`] can hand the worker's queue to another thread (on a
+/// current-thread runtime it would panic).
+fn on_worker_pool() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// Until when (milliseconds after [`HeavyLanes::origin`]) a plugin version's calls take
 /// the heavy lanes; 0: never marked.
 #[derive(Debug, Default)]
@@ -392,6 +408,70 @@ pub struct InstanceState {
     stderr: GuestOutput,
     /// Held while the store serves a request (a parked reusable instance runs no code).
     ticking: Option<EpochTicking>,
+    held: HoldClock,
+}
+
+/// How long the store's call held its thread at a stretch, measured between the moments
+/// the guest gets its thread (the call's start, each return from a yield) and the moments
+/// it gives it up (each yield at an epoch tick, the end of the call). A host call the guest
+/// awaits counts into the stretch around it, so only calls past [`HEAVY_MEMORY_BYTES`] are
+/// judged by it.
+#[derive(Debug, Default)]
+struct HoldClock {
+    /// When the guest last got its thread back, in µs since [`clock_origin`] (written by
+    /// the yield's future as it completes).
+    resumed_us: Arc<AtomicU64>,
+    longest_us: u64,
+}
+
+impl HoldClock {
+    fn start(&mut self) {
+        self.longest_us = 0;
+        self.resumed_us.store(now_us(), Ordering::Relaxed);
+    }
+
+    /// Closes the stretch now ending.
+    fn lap(&mut self) {
+        let held = now_us().saturating_sub(self.resumed_us.load(Ordering::Relaxed));
+        self.longest_us = self.longest_us.max(held);
+    }
+
+    fn longest(&self) -> Duration {
+        Duration::from_micros(self.longest_us)
+    }
+}
+
+fn clock_origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn now_us() -> u64 {
+    u64::try_from(clock_origin().elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Gives the thread up once, then records when the guest got it back (wasmtime's own
+/// yield, plus the timestamp).
+struct YieldOnce {
+    yielded: bool,
+    resumed_us: Arc<AtomicU64>,
+}
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.yielded {
+            self.resumed_us.store(now_us(), Ordering::Relaxed);
+            return std::task::Poll::Ready(());
+        }
+        self.yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 impl std::fmt::Debug for InstanceState {
@@ -634,6 +714,8 @@ pub struct ReadyComponent {
     pub(crate) ticker: EpochTicker,
     pub(crate) heavy_lanes: HeavyLanes,
     pub(crate) heavy: HeavyMark,
+    /// Set by a heavy call that held its thread past [`HOLDING_STRETCH`].
+    pub(crate) holds_threads: HeavyMark,
     pub(crate) entry: Entry,
     pub(crate) plugin_name: Arc<str>,
     pub(crate) capabilities: PluginCapabilities,
@@ -672,7 +754,15 @@ impl ReadyComponent {
     /// Runs `request` in a fresh instance (or, for a plugin that opts into reuse, a parked
     /// one) and counts its outcome.
     pub async fn call(&self, request: &Request) -> Result<Response, PluginFailure> {
-        let result = self.run(request).await;
+        let result = if self.holds_threads.is_set(&self.heavy_lanes) && on_worker_pool() {
+            // The worker's queue goes to another thread first, then this thread serves
+            // the call alone: what it cannot cut short delays no other request.
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(self.run(request))
+            })
+        } else {
+            self.run(request).await
+        };
         self.counters.count(&result);
         result
     }
@@ -755,7 +845,13 @@ impl ReadyComponent {
         let outcome = tokio::time::timeout(self.timeout, run)
             .await
             .map_err(|_| PluginFailure::Timeout(self.timeout));
-        self.note_cost(store.data().limits.peak_memory);
+        if matches!(outcome, Ok(Ok(_))) {
+            // The last stretch: the guest's last steps and the host lifting its answer. A
+            // failed call's (the trap's unwinding and backtrace) is the failure's cost, not
+            // the plugin's way of working.
+            store.data_mut().held.lap();
+        }
+        self.note_cost(store.data().limits.peak_memory, store.data().held.longest());
         // A trap or a timeout leaves the instance unusable: it is dropped here.
         let response = outcome??;
         validate_response(&response, self.max_response_bytes)?;
@@ -831,16 +927,28 @@ impl ReadyComponent {
     pub fn heavy_status(&self) -> serde_json::Value {
         serde_json::json!({
             "marked": self.heavy.is_set(&self.heavy_lanes),
+            "holds_threads": self.holds_threads.is_set(&self.heavy_lanes),
             "lanes": self.heavy_lanes.count,
         })
     }
 
-    /// Puts the plugin on the heavy lanes if this call touched that much memory.
-    fn note_cost(&self, peak_memory: usize) {
+    /// Puts the plugin on the heavy lanes if this call touched that much memory, and marks
+    /// it as holding threads if it also held its thread that long at a stretch.
+    fn note_cost(&self, peak_memory: usize, longest_stretch: Duration) {
         if peak_memory < HEAVY_MEMORY_BYTES {
             return;
         }
         self.counters.heavy_calls.inc();
+        if longest_stretch >= HOLDING_STRETCH && self.holds_threads.set(&self.heavy_lanes) {
+            tracing::warn!(
+                plugin = %self.plugin_name,
+                held_ms = longest_stretch.as_millis() as u64,
+                "a heavy call held its thread for {} ms or more without yielding: the \
+                 plugin's calls hand their worker's queue to another thread first for {}s",
+                HOLDING_STRETCH.as_millis(),
+                HEAVY_FOR.as_secs()
+            );
+        }
         if self.heavy.set(&self.heavy_lanes) {
             tracing::warn!(
                 plugin = %self.plugin_name,
@@ -886,6 +994,7 @@ impl ReadyComponent {
             stdout,
             stderr,
             ticking: Some(self.ticker.ticking()),
+            held: HoldClock::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -896,13 +1005,22 @@ impl ReadyComponent {
     /// Wake at every tick: yield to tokio while time remains, trap once it has run out.
     fn arm_deadline(&self, store: &mut Store<InstanceState>) {
         let deadline = Instant::now() + self.timeout;
+        store.data_mut().held.start();
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
+        store.epoch_deadline_callback(move |mut store| {
             if Instant::now() >= deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+                return Ok(UpdateDeadline::Interrupt);
             }
+            let held = &mut store.data_mut().held;
+            held.lap();
+            let resumed_us = held.resumed_us.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(YieldOnce {
+                    yielded: false,
+                    resumed_us,
+                }),
+            ))
         });
     }
 
