@@ -1,7 +1,8 @@
 //! The admin API (docs/API.md "Platform endpoints"), for superusers:
 //! - `GET /admin/plugins` — every plugin: name, version, content hash, routes, loaded_at,
 //!   state, last error, counters since it was loaded (requests, traps, timeouts,
-//!   invalid responses, rejections, heavy calls) and whether it is on the heavy lanes;
+//!   invalid responses, rejections, heavy calls), whether it is on the heavy lanes and
+//!   whether its calls hand their worker's queue over first;
 //! - `POST /admin/plugins/{name}/reload` — rebuild one plugin from its directory and swap
 //!   it in; 404 for an unknown plugin, 422 with the reason when the new build is refused
 //!   (the old version keeps serving). A success is announced to the fleet (`fleet.rs`);

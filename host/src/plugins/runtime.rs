@@ -14,7 +14,9 @@
 //! tick, so a busy plugin never holds a worker thread for long. What a tick cannot cut
 //! short (filling or copying tens of MiB in one instruction, lifting a huge response,
 //! resetting the memory afterwards) is bounded by [`HeavyLanes`]: a plugin whose calls
-//! touch that much memory takes turns on fewer lanes than there are worker threads.
+//! touch that much memory takes turns on fewer lanes than there are worker threads, and
+//! one whose calls also hold their thread for [`HOLDING_STRETCH`] without yielding (timed
+//! between epoch yields) hands its worker's queue to another thread before each call.
 //!
 //! A plugin that keeps no state between requests may opt into reuse
 //! (`limits.reuse_instance_for`): after a successful call its instance is parked
