@@ -239,7 +239,7 @@ const MAX_LEASED_CLIENTS: usize = 100_000;
 
 /// The counter values this host reserved, per counter key, for the current window.
 #[derive(Debug)]
-struct Leases<K = Counter> {
+struct Leases<K> {
     window: u64,
     by_key: HashMap<K, Lease>,
 }

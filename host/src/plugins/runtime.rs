@@ -286,8 +286,6 @@ impl EpochTicker {
 pub struct HeavyLanes {
     lanes: Arc<Semaphore>,
     count: usize,
-    /// The origin of [`HeavyMark`]'s timestamps.
-    origin: Instant,
 }
 
 impl HeavyLanes {
@@ -302,12 +300,7 @@ impl HeavyLanes {
         Self {
             lanes: Arc::new(Semaphore::new(count)),
             count,
-            origin: Instant::now(),
         }
-    }
-
-    fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -319,20 +312,20 @@ fn on_worker_pool() -> bool {
         .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
-/// Until when (milliseconds after [`HeavyLanes::origin`]) a plugin version's calls take
-/// the heavy lanes; 0: never marked.
+/// Until when (µs after [`clock_origin`]) a plugin version is marked (heavy, or holding
+/// threads); 0: never marked.
 #[derive(Debug, Default)]
 pub struct HeavyMark(AtomicU64);
 
 impl HeavyMark {
-    fn is_set(&self, lanes: &HeavyLanes) -> bool {
-        lanes.now() < self.0.load(Ordering::Relaxed)
+    fn is_set(&self) -> bool {
+        now_us() < self.0.load(Ordering::Relaxed)
     }
 
-    /// Marks the plugin heavy for [`HEAVY_FOR`]; true when it was not marked already.
-    fn set(&self, lanes: &HeavyLanes) -> bool {
-        let now = lanes.now();
-        let until = now.saturating_add(u64::try_from(HEAVY_FOR.as_millis()).unwrap_or(u64::MAX));
+    /// Marks the plugin for [`HEAVY_FOR`]; true when it was not marked already.
+    fn set(&self) -> bool {
+        let now = now_us();
+        let until = now.saturating_add(u64::try_from(HEAVY_FOR.as_micros()).unwrap_or(u64::MAX));
         self.0.swap(until, Ordering::Relaxed) <= now
     }
 }
@@ -443,6 +436,7 @@ impl HoldClock {
     }
 }
 
+/// The origin of the µs timestamps of [`HoldClock`] and [`HeavyMark`].
 fn clock_origin() -> Instant {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *ORIGIN.get_or_init(Instant::now)
@@ -756,7 +750,7 @@ impl ReadyComponent {
     /// Runs `request` in a fresh instance (or, for a plugin that opts into reuse, a parked
     /// one) and counts its outcome.
     pub async fn call(&self, request: &Request) -> Result<Response, PluginFailure> {
-        let result = if self.holds_threads.is_set(&self.heavy_lanes) && on_worker_pool() {
+        let result = if self.holds_threads.is_set() && on_worker_pool() {
             // The worker's queue goes to another thread first, then this thread serves
             // the call alone: what it cannot cut short delays no other request.
             tokio::task::block_in_place(|| {
@@ -783,7 +777,7 @@ impl ReadyComponent {
     async fn run(&self, request: &Request) -> Result<Response, PluginFailure> {
         let (_turn, _lane) = async {
             let turn = self.admission.admit().await?;
-            let lane = if self.heavy.is_set(&self.heavy_lanes) {
+            let lane = if self.heavy.is_set() {
                 Some(self.admission.heavy_lane(&self.heavy_lanes).await?)
             } else {
                 None
@@ -928,8 +922,8 @@ impl ReadyComponent {
     /// the host has (shown by the admin API).
     pub fn heavy_status(&self) -> serde_json::Value {
         serde_json::json!({
-            "marked": self.heavy.is_set(&self.heavy_lanes),
-            "holds_threads": self.holds_threads.is_set(&self.heavy_lanes),
+            "marked": self.heavy.is_set(),
+            "holds_threads": self.holds_threads.is_set(),
             "lanes": self.heavy_lanes.count,
         })
     }
@@ -941,7 +935,7 @@ impl ReadyComponent {
             return;
         }
         self.counters.heavy_calls.inc();
-        if longest_stretch >= HOLDING_STRETCH && self.holds_threads.set(&self.heavy_lanes) {
+        if longest_stretch >= HOLDING_STRETCH && self.holds_threads.set() {
             tracing::warn!(
                 plugin = %self.plugin_name,
                 held_ms = longest_stretch.as_millis() as u64,
@@ -951,7 +945,7 @@ impl ReadyComponent {
                 HEAVY_FOR.as_secs()
             );
         }
-        if self.heavy.set(&self.heavy_lanes) {
+        if self.heavy.set() {
             tracing::warn!(
                 plugin = %self.plugin_name,
                 memory_mib = peak_memory / (1024 * 1024),
