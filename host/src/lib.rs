@@ -56,6 +56,7 @@ pub mod scaffold;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod workers;
 
 pub use config::Config;
 pub use server::Application;

@@ -50,6 +50,7 @@ use crate::plugins::manifest::Limits;
 use crate::plugins::wasi_http;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::traces::trace_span;
+use crate::workers;
 
 /// How often the epoch advances: the granularity of deadlines and of guest yields. A busy
 /// guest holds a worker thread at most this long before others get a turn. Measured on
@@ -89,7 +90,7 @@ const HEAVY_MEMORY_BYTES: usize = 16 * 1024 * 1024;
 /// A heavy call that also held its thread this long at a stretch (guest code between two
 /// yields: one `memory.fill` of tens of MiB; or the host lifting its response) marks its
 /// plugin as one that holds threads: its next calls first hand their worker's queue to
-/// another thread ([`tokio::task::block_in_place`]), so the requests queued behind them
+/// another thread ([`workers::hand_over`]), so the requests queued behind them
 /// are not held up. A memory bomb allocating 1 MiB at a time yields between its
 /// allocations and is not marked; it takes turns on the lanes like any heavy call.
 const HOLDING_STRETCH: Duration = Duration::from_millis(10);
@@ -302,14 +303,6 @@ impl HeavyLanes {
             count,
         }
     }
-}
-
-/// Whether this task runs on a multi-threaded runtime's worker, where
-/// [`tokio::task::block_in_place`] can hand the worker's queue to another thread (on a
-/// current-thread runtime it would panic).
-fn on_worker_pool() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Until when (µs after [`clock_origin`]) a plugin version is marked (heavy, or holding
@@ -750,12 +743,10 @@ impl ReadyComponent {
     /// Runs `request` in a fresh instance (or, for a plugin that opts into reuse, a parked
     /// one) and counts its outcome.
     pub async fn call(&self, request: &Request) -> Result<Response, PluginFailure> {
-        let result = if self.holds_threads.is_set() && on_worker_pool() {
+        let result = if self.holds_threads.is_set() && workers::on_worker_pool() {
             // The worker's queue goes to another thread first, then this thread serves
             // the call alone: what it cannot cut short delays no other request.
-            tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(self.run(request))
-            })
+            workers::hand_over(|| tokio::runtime::Handle::current().block_on(self.run(request)))
         } else {
             self.run(request).await
         };

@@ -32,12 +32,9 @@ pub struct Migration {
 }
 
 impl Migration {
-    pub fn failed(&self, err: &sqlx::Error) -> anyhow::Error {
-        anyhow::anyhow!(
-            "migration {} failed: {}",
-            self.file,
-            super::describe_for_author(err)
-        )
+    /// The error refusing the version, with the database's `reason`.
+    pub fn failed(&self, reason: &str) -> anyhow::Error {
+        anyhow::anyhow!("migration {} failed: {reason}", self.file)
     }
 }
 

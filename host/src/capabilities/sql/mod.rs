@@ -32,8 +32,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::Executor as _;
 use sqlx::postgres::PgConnection;
 use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteConnection;
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
@@ -52,6 +50,10 @@ type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 
 
 /// Transactions one instance may hold open at once (each holds a connection).
 const MAX_OPEN_TRANSACTIONS: usize = 1;
+
+/// What a plugin is told when the database's privileges refuse a statement.
+const PERMISSION_DENIED: &str = "permission denied: plugins reach only their own data set's \
+                                 tables, and change its schema only through migrations";
 
 pub fn descriptor<T: CapabilityView>() -> Descriptor<T> {
     Descriptor {
@@ -284,9 +286,9 @@ impl SqlService {
                 };
                 match pools {
                     Pools::Sqlite(p) => {
-                        answers(&p.serving)
-                            .await
-                            .map_err(|e| failed("database", e))?;
+                        answers(&p.serving).await.map_err(|e| {
+                            format!("database of data set `{name}`: {}", sqlite::describe(&e))
+                        })?;
                     }
                     Pools::Postgres(p) => {
                         answers(&p.primary)
@@ -304,7 +306,7 @@ impl SqlService {
 }
 
 /// Whether a pool hands out a connection that answers a ping.
-async fn answers<C: sqlx::Connection>(pool: &pool::Pool<C>) -> Result<(), sqlx::Error> {
+async fn answers<C: pool::Pooled>(pool: &pool::Pool<C>) -> Result<(), C::Error> {
     let mut conn = pool.acquire().await?;
     let pinged = conn.ping().await;
     conn.settle(pinged)
@@ -341,12 +343,13 @@ impl DataSet {
             guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
             match &self.pools {
                 Pools::Sqlite(pools) => {
-                    let mut conn = pools.serving.acquire().await.map_err(into_wit_error)?;
-                    let rows = bind_all_sqlite(sqlx::query(statement), params)
-                        .fetch_all(&mut *conn)
-                        .await;
-                    let rows = conn.settle(rows).map_err(into_wit_error)?;
-                    Ok(collect_rows(&rows, sqlite_value))
+                    let mut conn = pools
+                        .serving
+                        .acquire()
+                        .await
+                        .map_err(sqlite::into_wit_error)?;
+                    let rows = conn.query(statement, &params);
+                    conn.settle(rows).map_err(sqlite::into_wit_error)
                 }
                 Pools::Postgres(pools) => {
                     let pool = if read_only {
@@ -375,13 +378,13 @@ impl DataSet {
             guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
             match &self.pools {
                 Pools::Sqlite(pools) => {
-                    let mut conn = pools.serving.acquire().await.map_err(into_wit_error)?;
-                    let done = bind_all_sqlite(sqlx::query(statement), params)
-                        .execute(&mut *conn)
-                        .await;
-                    conn.settle(done)
-                        .map(|r| r.rows_affected())
-                        .map_err(into_wit_error)
+                    let mut conn = pools
+                        .serving
+                        .acquire()
+                        .await
+                        .map_err(sqlite::into_wit_error)?;
+                    let done = conn.execute(statement, &params);
+                    conn.settle(done).map_err(sqlite::into_wit_error)
                 }
                 Pools::Postgres(pools) => {
                     let mut conn = pools.primary.acquire().await.map_err(into_wit_error)?;
@@ -401,12 +404,14 @@ impl DataSet {
         Box::pin(async move {
             let connection = match &self.pools {
                 Pools::Sqlite(pools) => {
-                    let mut conn = pools.transactions.acquire().await.map_err(into_wit_error)?;
-                    // IMMEDIATE takes the write lock now: a later write cannot fail to upgrade.
-                    (&mut *conn)
-                        .execute(sqlx::raw_sql("BEGIN IMMEDIATE"))
+                    let mut conn = pools
+                        .transactions
+                        .acquire()
                         .await
-                        .map_err(into_wit_error)?;
+                        .map_err(sqlite::into_wit_error)?;
+                    // IMMEDIATE takes the write lock now: a later write cannot fail to upgrade.
+                    conn.control("BEGIN IMMEDIATE")
+                        .map_err(sqlite::into_wit_error)?;
                     TransactionConnection::Sqlite(conn)
                 }
                 Pools::Postgres(pools) => {
@@ -428,7 +433,7 @@ impl DataSet {
 /// A connection inside a transaction is never settled: should its holder vanish before
 /// `COMMIT` or `ROLLBACK` completes, it is closed, never pooled again.
 enum TransactionConnection {
-    Sqlite(pool::PooledConnection<SqliteConnection>),
+    Sqlite(pool::PooledConnection<sqlite::SqliteConn>),
     Postgres(pool::PooledConnection<PgConnection>),
 }
 
@@ -463,13 +468,9 @@ impl Transaction {
         Box::pin(async move {
             guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
             match self.connection()? {
-                TransactionConnection::Sqlite(conn) => {
-                    let rows = bind_all_sqlite(sqlx::query(statement), params)
-                        .fetch_all(&mut **conn)
-                        .await
-                        .map_err(into_wit_error)?;
-                    Ok(collect_rows(&rows, sqlite_value))
-                }
+                TransactionConnection::Sqlite(conn) => conn
+                    .query(statement, &params)
+                    .map_err(sqlite::into_wit_error),
                 TransactionConnection::Postgres(conn) => {
                     let rows = bind_all_pg(sqlx::query(statement), params)
                         .fetch_all(&mut **conn)
@@ -488,21 +489,18 @@ impl Transaction {
     ) -> BoxFuture<'a, Result<u64, Error>> {
         Box::pin(async move {
             guard::check_serving(statement).map_err(|r| Error::Invalid(r.to_string()))?;
-            let done = match self.connection()? {
-                TransactionConnection::Sqlite(conn) => {
-                    bind_all_sqlite(sqlx::query(statement), params)
-                        .execute(&mut **conn)
-                        .await
-                        .map(|r| r.rows_affected())
-                }
+            match self.connection()? {
+                TransactionConnection::Sqlite(conn) => conn
+                    .execute(statement, &params)
+                    .map_err(sqlite::into_wit_error),
                 TransactionConnection::Postgres(conn) => {
                     bind_all_pg(sqlx::query(statement), params)
                         .execute(&mut **conn)
                         .await
                         .map(|r| r.rows_affected())
+                        .map_err(into_wit_error)
                 }
-            };
-            done.map_err(into_wit_error)
+            }
         })
     }
 
@@ -528,17 +526,26 @@ fn finish(
     connection: TransactionConnection,
     statement: &'static str,
 ) -> BoxFuture<'static, Result<(), Error>> {
+    // Back to the pool only once outside any transaction; if even `ROLLBACK` fails, its
+    // state is unknown and it is closed (never settled).
     Box::pin(async move {
-        // The same steps for both backends' connection types.
-        macro_rules! end {
-            ($conn:expr) => {{
-                let mut conn = $conn;
+        match connection {
+            TransactionConnection::Sqlite(mut conn) => {
+                let ended = conn.control(statement);
+                let outside = match &ended {
+                    Ok(()) => Ok(()),
+                    Err(_) => conn.control("ROLLBACK"),
+                };
+                if outside.is_ok() {
+                    let _ = conn.settle(outside);
+                }
+                ended.map_err(sqlite::into_wit_error)
+            }
+            TransactionConnection::Postgres(mut conn) => {
                 let ended = (&mut *conn)
                     .execute(sqlx::raw_sql(statement))
                     .await
                     .map(drop);
-                // Back to the pool only once outside any transaction; if even `ROLLBACK`
-                // fails, its state is unknown and it is closed.
                 let outside = match &ended {
                     Ok(()) => Ok(()),
                     Err(_) => (&mut *conn)
@@ -549,14 +556,9 @@ fn finish(
                 if outside.is_ok() {
                     let _ = conn.settle(outside);
                 }
-                ended
-            }};
+                ended.map_err(into_wit_error)
+            }
         }
-        match connection {
-            TransactionConnection::Sqlite(conn) => end!(conn),
-            TransactionConnection::Postgres(conn) => end!(conn),
-        }
-        .map_err(into_wit_error)
     })
 }
 
@@ -719,24 +721,7 @@ impl wit::HostTransaction for SqlInstance {
     }
 }
 
-type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-fn bind_all_sqlite(mut query: SqliteQuery<'_>, params: Vec<Value>) -> SqliteQuery<'_> {
-    for param in params {
-        query = match param {
-            Value::Null => query.bind(None::<String>),
-            Value::Integer(v) => query.bind(v),
-            Value::Real(v) => query.bind(v),
-            Value::Text(v) => query.bind(v),
-            Value::Boolean(v) => query.bind(v),
-            Value::Blob(v) => query.bind(v),
-            // SQLite has no timestamp type: RFC 3339 text sorts chronologically.
-            Value::Timestamp(v) => query.bind(normalise_timestamp(&v).unwrap_or(v)),
-        };
-    }
-    query
-}
 
 fn bind_all_pg(mut query: PgQuery<'_>, params: Vec<Value>) -> PgQuery<'_> {
     for param in params {
@@ -777,47 +762,6 @@ fn collect_rows<R: Row>(rows: &[R], decode: fn(&R, usize) -> Value) -> Rows {
         .map(|row| (0..row.columns().len()).map(|i| decode(row, i)).collect())
         .collect();
     Rows { columns, rows }
-}
-
-fn sqlite_value(row: &SqliteRow, index: usize) -> Value {
-    let Ok(raw) = row.try_get_raw(index) else {
-        return Value::Null;
-    };
-    if raw.is_null() {
-        return Value::Null;
-    }
-    // SQLite is dynamically typed: decode by the declared type, then by the value's own.
-    let declared = row.columns()[index].type_info().name().to_ascii_uppercase();
-    let actual = raw.type_info().name().to_ascii_uppercase();
-    if declared == "BOOLEAN"
-        && let Ok(v) = row.try_get::<bool, _>(index)
-    {
-        return Value::Boolean(v);
-    }
-    match actual.as_str() {
-        "INTEGER" | "INT" | "BIGINT" | "BOOLEAN" => row
-            .try_get::<i64, _>(index)
-            .map(Value::Integer)
-            .unwrap_or(Value::Null),
-        "REAL" | "FLOAT" | "DOUBLE" | "NUMERIC" => row
-            .try_get::<f64, _>(index)
-            .map(Value::Real)
-            .unwrap_or(Value::Null),
-        "BLOB" => row
-            .try_get::<Vec<u8>, _>(index)
-            .map(Value::Blob)
-            .unwrap_or(Value::Null),
-        _ => row
-            .try_get::<String, _>(index)
-            .map(|text| {
-                if declared == "DATETIME" || declared == "TIMESTAMP" {
-                    Value::Timestamp(text)
-                } else {
-                    Value::Text(text)
-                }
-            })
-            .unwrap_or(Value::Null),
-    }
 }
 
 fn pg_value(row: &PgRow, index: usize) -> Value {
@@ -871,16 +815,10 @@ fn describe_for_plugin(err: &sqlx::Error) -> String {
     };
     let code = db.code().unwrap_or_default();
     match code.as_ref() {
-        // insufficient_privilege; SQLITE_AUTH
-        "42501" | "23" => "permission denied: plugins reach only their own data set's tables, \
-                           and change its schema only through migrations"
-            .into(),
+        // insufficient_privilege
+        "42501" => PERMISSION_DENIED.into(),
         // undefined_table
         "42P01" => "no such table in the plugin's data set".into(),
-        // SQLite's messages name tables and columns, never values.
-        _ if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
-            db.message().chars().take(200).collect()
-        }
         _ => format!("database error {code}"),
     }
 }
@@ -898,8 +836,8 @@ fn describe_for_author(err: &sqlx::Error) -> String {
 }
 
 fn is_timeout(db: &dyn sqlx::error::DatabaseError) -> bool {
-    // PostgreSQL's query_canceled (statement_timeout); SQLite's SQLITE_INTERRUPT.
-    matches!(db.code().as_deref(), Some("57014" | "9"))
+    // query_canceled: the connection's statement_timeout.
+    db.code().as_deref() == Some("57014")
 }
 
 fn into_wit_error(err: sqlx::Error) -> Error {
@@ -911,11 +849,7 @@ fn into_wit_error(err: sqlx::Error) -> Error {
         sqlx::Error::Database(db) => match db.kind() {
             sqlx::error::ErrorKind::UniqueViolation => {
                 // The constraint (index) name, e.g. `users_email_unique`: never the values.
-                let name = db
-                    .constraint()
-                    .map(str::to_owned)
-                    .or_else(|| sqlite_index_name(db.message()))
-                    .unwrap_or_default();
+                let name = db.constraint().map(str::to_owned).unwrap_or_default();
                 Error::UniqueViolation(name)
             }
             sqlx::error::ErrorKind::ForeignKeyViolation
@@ -944,32 +878,11 @@ fn into_wit_error(err: sqlx::Error) -> Error {
     }
 }
 
-/// SQLite reports `UNIQUE constraint failed: index 'users_email_unique'` for expression
-/// indexes, or `...: users.email` for column constraints.
-fn sqlite_index_name(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("UNIQUE constraint failed: ")?;
-    Some(
-        rest.trim_start_matches("index ")
-            .trim_matches('\'')
-            .to_owned(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-    #[test]
-    fn sqlite_unique_messages_name_the_index() {
-        assert_eq!(
-            sqlite_index_name("UNIQUE constraint failed: index 'users_email_unique'").as_deref(),
-            Some("users_email_unique")
-        );
-        assert_eq!(
-            sqlite_index_name("UNIQUE constraint failed: users.email").as_deref(),
-            Some("users.email")
-        );
-    }
+    use super::*;
 
     #[test]
     fn timestamps_are_rfc3339_utc_with_z() {
@@ -1134,6 +1047,103 @@ mod tests {
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         assert_eq!(count().await, 1);
+        Ok(())
+    }
+
+    /// With a single serving worker, another task keeps running while a long read (past
+    /// its inline budget) or a long write runs: both left the worker's queue to another
+    /// thread. The read, interrupted and run again, still answers every row once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn long_statements_leave_the_serving_worker() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let sql = sqlite_service(dir.path()).await?;
+        let ds = sql
+            .prepare(
+                "ds",
+                "p",
+                &[migration(1, "CREATE TABLE t (x INTEGER);")],
+                Duration::from_secs(10),
+            )
+            .await?;
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = tokio::spawn({
+            let ticks = ticks.clone();
+            async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        const COUNT: i64 = 100_000;
+        let numbers = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT $1)";
+        let read = format!("{numbers} SELECT x FROM c");
+        let write = format!("INSERT INTO t (x) {numbers} SELECT x FROM c");
+        let (rows, ticked_reading, wrote, ticked_writing) = tokio::spawn({
+            let ds = ds.clone();
+            let ticks = ticks.clone();
+            async move {
+                let before = ticks.load(Ordering::Relaxed);
+                let rows = ds.query(&read, vec![Value::Integer(COUNT)], true).await;
+                let between = ticks.load(Ordering::Relaxed);
+                let wrote = ds.execute(&write, vec![Value::Integer(COUNT)]).await;
+                let after = ticks.load(Ordering::Relaxed);
+                (rows, between - before, wrote, after - between)
+            }
+        })
+        .await?;
+        ticker.abort();
+        let rows = rows.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(rows.rows.len(), usize::try_from(COUNT)?);
+        assert!(matches!(rows.rows[0][0], Value::Integer(1)));
+        assert!(matches!(
+            rows.rows.last().map(|r| &r[0]),
+            Some(Value::Integer(COUNT))
+        ));
+        assert!(ticked_reading > 0, "the worker was held during the read");
+        assert_eq!(
+            wrote.map_err(|e| anyhow::anyhow!("{e:?}"))?,
+            u64::try_from(COUNT)?
+        );
+        assert!(ticked_writing > 0, "the worker was held during the write");
+        Ok(())
+    }
+
+    /// A write waiting for another connection's write lock waits off the worker: the
+    /// holder, on the same single worker, commits meanwhile and the write then succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_write_waits_for_the_lock_without_holding_the_worker() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let sql = sqlite_service(dir.path()).await?;
+        let ds = sql
+            .prepare(
+                "ds",
+                "p",
+                &[migration(1, "CREATE TABLE t (x INTEGER);")],
+                Duration::from_secs(10),
+            )
+            .await?;
+        let mut tx = ds.begin().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        tx.execute("INSERT INTO t VALUES (1)", vec![])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let started = std::time::Instant::now();
+        let waiting = tokio::spawn({
+            let ds = ds.clone();
+            async move { ds.execute("INSERT INTO t VALUES (2)", vec![]).await }
+        });
+        let holder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.commit().await
+        });
+        holder.await?.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(waiting.await?.map_err(|e| anyhow::anyhow!("{e:?}"))?, 1);
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let rows = ds
+            .query("SELECT count(*) FROM t", vec![], true)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert!(matches!(rows.rows[0][0], Value::Integer(2)));
         Ok(())
     }
 

@@ -12,8 +12,9 @@
 //! [`TRUST_IDLE_FOR`] is pinged before it is handed out, as HikariCP does.
 //!
 //! Connections are opened on demand up to the pool's size; callers beyond it wait in
-//! arrival order, at most [`ACQUIRE_TIMEOUT`] (then `PoolTimedOut`, answered
-//! `unavailable`). The administrative and migration connections stay on sqlx.
+//! arrival order, at most [`ACQUIRE_TIMEOUT`] (then [`Pooled::timed_out`], answered
+//! `unavailable`). It pools sqlx's PostgreSQL connections and the host's own SQLite ones
+//! alike ([`Pooled`]); PostgreSQL's administrative and migration connections stay on sqlx.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -35,7 +36,56 @@ pub const TRUST_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Opens one connection, ready to serve (session settings, authorizer and clock
 /// installed).
-pub type Connector<C> = Arc<dyn Fn() -> BoxFuture<'static, Result<C, sqlx::Error>> + Send + Sync>;
+pub type Connector<C> =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<C, <C as Pooled>::Error>> + Send + Sync>;
+
+/// What the pool needs of a connection type.
+pub trait Pooled: Send + Sized + 'static {
+    type Error: Send;
+
+    /// Whether the connection still answers (asked of one idle past [`TRUST_IDLE_FOR`]).
+    fn ping(&mut self) -> BoxFuture<'_, Result<(), Self::Error>>;
+
+    /// Whether, after this error, the connection finished its statement and is ready for
+    /// the next (a constraint, a syntax error, a timeout the server enforced); after any
+    /// other failure its state is unknown and it is closed.
+    fn ready_after(err: &Self::Error) -> bool;
+
+    /// The error of a caller that waited [`ACQUIRE_TIMEOUT`].
+    fn timed_out() -> Self::Error;
+
+    /// The error of a caller whose pool was closed.
+    fn closed() -> Self::Error;
+}
+
+impl Pooled for sqlx::PgConnection {
+    type Error = sqlx::Error;
+
+    fn ping(&mut self) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        sqlx::Connection::ping(self)
+    }
+
+    fn ready_after(err: &sqlx::Error) -> bool {
+        matches!(
+            err,
+            sqlx::Error::Database(_)
+                | sqlx::Error::RowNotFound
+                | sqlx::Error::ColumnNotFound(_)
+                | sqlx::Error::ColumnIndexOutOfBounds { .. }
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::TypeNotFound { .. }
+                | sqlx::Error::Encode(_)
+        )
+    }
+
+    fn timed_out() -> sqlx::Error {
+        sqlx::Error::PoolTimedOut
+    }
+
+    fn closed() -> sqlx::Error {
+        sqlx::Error::PoolClosed
+    }
+}
 
 /// When connections are replaced (PostgreSQL: server-side state and memory do not grow
 /// without bound; a replica fail-over is picked up). `None`: kept for the pool's life.
@@ -53,11 +103,11 @@ impl Recycle {
     };
 }
 
-pub struct Pool<C> {
+pub struct Pool<C: Pooled> {
     shared: Arc<Shared<C>>,
 }
 
-impl<C> Clone for Pool<C> {
+impl<C: Pooled> Clone for Pool<C> {
     fn clone(&self) -> Self {
         Self {
             shared: self.shared.clone(),
@@ -65,7 +115,7 @@ impl<C> Clone for Pool<C> {
     }
 }
 
-impl<C> std::fmt::Debug for Pool<C> {
+impl<C: Pooled> std::fmt::Debug for Pool<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
             .field("max_connections", &self.shared.max_connections)
@@ -110,7 +160,7 @@ impl PoolStatsFamilies {
     }
 }
 
-struct Shared<C> {
+struct Shared<C: Pooled> {
     /// Most recently returned last: handed out first, so the rest can age out.
     idle: Mutex<Vec<Idle<C>>>,
     /// One permit per connection that may exist.
@@ -121,7 +171,7 @@ struct Shared<C> {
     stats: Option<PoolStats>,
 }
 
-impl<C> Shared<C> {
+impl<C: Pooled> Shared<C> {
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle<C>>> {
         // Nothing panics while holding it; a poisoned list is still a valid list.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
@@ -146,7 +196,7 @@ struct Idle<C> {
     since: Instant,
 }
 
-impl<C: sqlx::Connection> Pool<C> {
+impl<C: Pooled> Pool<C> {
     pub fn new(
         max_connections: u32,
         recycle: Option<Recycle>,
@@ -168,13 +218,13 @@ impl<C: sqlx::Connection> Pool<C> {
 
     /// A connection: an idle one if there is one (pinged first if it idled for long), a
     /// new one if the pool is not full, else the next one returned.
-    pub async fn acquire(&self) -> Result<PooledConnection<C>, sqlx::Error> {
+    pub async fn acquire(&self) -> Result<PooledConnection<C>, C::Error> {
         tokio::time::timeout(ACQUIRE_TIMEOUT, self.acquire_unbounded())
             .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| C::timed_out())?
     }
 
-    async fn acquire_unbounded(&self) -> Result<PooledConnection<C>, sqlx::Error> {
+    async fn acquire_unbounded(&self) -> Result<PooledConnection<C>, C::Error> {
         let permit = match self.shared.permits.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
@@ -184,7 +234,7 @@ impl<C: sqlx::Connection> Pool<C> {
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| sqlx::Error::PoolClosed)?
+                    .map_err(|_| C::closed())?
             }
         };
         loop {
@@ -224,12 +274,12 @@ impl<C: sqlx::Connection> Pool<C> {
 }
 
 /// A pooled connection between the idle list and a lease.
-struct Counted<'a, C> {
+struct Counted<'a, C: Pooled> {
     conn: Option<C>,
     shared: &'a Shared<C>,
 }
 
-impl<C> Counted<'_, C> {
+impl<C: Pooled> Counted<'_, C> {
     fn get(&mut self) -> &mut C {
         self.conn.as_mut().expect("present until taken")
     }
@@ -239,7 +289,7 @@ impl<C> Counted<'_, C> {
     }
 }
 
-impl<C> Drop for Counted<'_, C> {
+impl<C: Pooled> Drop for Counted<'_, C> {
     fn drop(&mut self) {
         if self.conn.take().is_some() {
             self.shared.count(|stats| stats.open.dec());
@@ -249,7 +299,7 @@ impl<C> Drop for Counted<'_, C> {
 
 /// A connection out of its pool. Dropped, it goes back only if [`settle`](Self::settle)
 /// said its last statement completed; otherwise it is closed.
-pub struct PooledConnection<C> {
+pub struct PooledConnection<C: Pooled> {
     conn: Option<C>,
     opened: Instant,
     settled: bool,
@@ -257,7 +307,7 @@ pub struct PooledConnection<C> {
     _permit: OwnedSemaphorePermit,
 }
 
-impl<C> std::fmt::Debug for PooledConnection<C> {
+impl<C: Pooled> std::fmt::Debug for PooledConnection<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledConnection")
             .field("settled", &self.settled)
@@ -265,15 +315,15 @@ impl<C> std::fmt::Debug for PooledConnection<C> {
     }
 }
 
-impl<C> PooledConnection<C> {
+impl<C: Pooled> PooledConnection<C> {
     /// Records how the statement just run on this connection ended, and passes the result
     /// on: the connection stays reusable after a statement that completed, or failed in the
     /// database (a constraint, a syntax error, a timeout the server enforced); any other
     /// failure leaves its state unknown.
-    pub fn settle<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+    pub fn settle<T>(&mut self, result: Result<T, C::Error>) -> Result<T, C::Error> {
         self.settled = match &result {
             Ok(_) => true,
-            Err(err) => completed_in_the_database(err),
+            Err(err) => C::ready_after(err),
         };
         result
     }
@@ -284,21 +334,7 @@ impl<C> PooledConnection<C> {
     }
 }
 
-/// Errors after which the connection has finished the statement and is ready for the next.
-fn completed_in_the_database(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::Database(_)
-            | sqlx::Error::RowNotFound
-            | sqlx::Error::ColumnNotFound(_)
-            | sqlx::Error::ColumnIndexOutOfBounds { .. }
-            | sqlx::Error::ColumnDecode { .. }
-            | sqlx::Error::TypeNotFound { .. }
-            | sqlx::Error::Encode(_)
-    )
-}
-
-impl<C> std::ops::Deref for PooledConnection<C> {
+impl<C: Pooled> std::ops::Deref for PooledConnection<C> {
     type Target = C;
 
     fn deref(&self) -> &C {
@@ -306,13 +342,13 @@ impl<C> std::ops::Deref for PooledConnection<C> {
     }
 }
 
-impl<C> std::ops::DerefMut for PooledConnection<C> {
+impl<C: Pooled> std::ops::DerefMut for PooledConnection<C> {
     fn deref_mut(&mut self) -> &mut C {
         self.conn.as_mut().expect("present until dropped")
     }
 }
 
-impl<C> Drop for PooledConnection<C> {
+impl<C: Pooled> Drop for PooledConnection<C> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         if !self.settled {
@@ -348,15 +384,15 @@ impl<C> Drop for PooledConnection<C> {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
-    use sqlx::{Connection as _, Executor as _};
+    use std::path::Path;
 
+    use crate::capabilities::sql::sqlite::{SERVING, SqliteConn, SqliteError};
     use crate::telemetry::metrics::Metrics;
 
     use super::*;
 
     /// A pool of in-memory SQLite connections that counts how many it opened.
-    fn counting_pool(max: u32) -> (Pool<SqliteConnection>, Arc<AtomicUsize>) {
+    fn counting_pool(max: u32) -> (Pool<SqliteConn>, Arc<AtomicUsize>) {
         in_memory_pool(max, None, None)
     }
 
@@ -365,7 +401,7 @@ mod tests {
         max: u32,
         recycle: Option<Recycle>,
         stats: Option<PoolStats>,
-    ) -> (Pool<SqliteConnection>, Arc<AtomicUsize>) {
+    ) -> (Pool<SqliteConn>, Arc<AtomicUsize>) {
         let opened = Arc::new(AtomicUsize::new(0));
         let counter = opened.clone();
         let pool = Pool::new(
@@ -375,8 +411,7 @@ mod tests {
                 let counter = counter.clone();
                 Box::pin(async move {
                     counter.fetch_add(1, Ordering::SeqCst);
-                    SqliteConnection::connect_with(&SqliteConnectOptions::new().in_memory(true))
-                        .await
+                    SqliteConn::open(Path::new(":memory:"), &SERVING, Duration::from_secs(1))
                 })
             }),
             stats,
@@ -384,8 +419,8 @@ mod tests {
         (pool, opened)
     }
 
-    async fn select_one(conn: &mut PooledConnection<SqliteConnection>) -> Result<(), sqlx::Error> {
-        let done = (&mut **conn).execute("SELECT 1").await.map(drop);
+    async fn select_one(conn: &mut PooledConnection<SqliteConn>) -> Result<(), SqliteError> {
+        let done = conn.query("SELECT 1", &[]).map(drop);
         conn.settle(done)
     }
 
@@ -404,8 +439,8 @@ mod tests {
     async fn a_database_error_keeps_the_connection() -> anyhow::Result<()> {
         let (pool, opened) = counting_pool(4);
         let mut conn = pool.acquire().await?;
-        let failed = (&mut *conn).execute("SELECT * FROM missing").await;
-        assert!(matches!(conn.settle(failed), Err(sqlx::Error::Database(_))));
+        let failed = conn.query("SELECT * FROM missing", &[]);
+        assert!(matches!(conn.settle(failed), Err(SqliteError::Sqlite(_))));
         drop(conn);
         select_one(&mut pool.acquire().await?).await?;
         assert_eq!(opened.load(Ordering::SeqCst), 1);
@@ -415,16 +450,10 @@ mod tests {
     #[tokio::test]
     async fn a_connection_never_settled_is_closed() -> anyhow::Result<()> {
         let (pool, opened) = counting_pool(4);
-        // Handed out, then dropped before its statement settled (a cancelled request).
+        // Handed out, then dropped before its statement settled (a cancelled request, a
+        // transaction whose holder vanished).
         let mut conn = pool.acquire().await?;
-        let statement = (&mut *conn).execute(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n",
-        );
-        assert!(
-            tokio::time::timeout(Duration::from_millis(20), statement)
-                .await
-                .is_err()
-        );
+        conn.query("SELECT 1", &[])?;
         drop(conn);
         select_one(&mut pool.acquire().await?).await?;
         assert_eq!(opened.load(Ordering::SeqCst), 2);
@@ -458,7 +487,7 @@ mod tests {
         let started = Instant::now();
         let waited = pool.acquire().await;
         assert!(
-            matches!(waited, Err(sqlx::Error::PoolTimedOut)),
+            matches!(waited, Err(SqliteError::PoolTimedOut)),
             "{waited:?}"
         );
         assert!(started.elapsed() >= ACQUIRE_TIMEOUT);

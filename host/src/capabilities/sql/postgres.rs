@@ -342,7 +342,7 @@ async fn apply(
         (&mut *tx)
             .execute(sqlx::raw_sql(&migration.sql))
             .await
-            .map_err(|e| migration.failed(&e))?;
+            .map_err(|e| migration.failed(&super::describe_for_author(&e)))?;
         sqlx::query(&format!(
             "INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum, applied_by) \
                  VALUES ($1, $2, $3, $4)"

@@ -1,0 +1,27 @@
+//! Work that holds its thread, off the serving workers' queues.
+//!
+//! The host serves on tokio's multi-threaded runtime: a handful of workers, one per core,
+//! each with a queue of requests. Code that holds its thread for long (a guest filling
+//! 64 MiB, a SQLite statement that writes and syncs, a wait for SQLite's write lock)
+//! would leave every request queued behind it waiting. [`hand_over`] first gives the
+//! worker's queue to another thread, then runs the work where it is: the OS time-slices
+//! it against the workers, and nothing waits behind it.
+
+/// Whether this task runs on a multi-threaded runtime's worker, where
+/// [`tokio::task::block_in_place`] can hand the worker's queue to another thread (on a
+/// current-thread runtime it would panic).
+pub fn on_worker_pool() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Runs `work` after handing this worker's queue to another thread when on the
+/// multi-threaded runtime; anywhere else (a current-thread runtime, a plain thread, work
+/// already handed over) it just runs.
+pub fn hand_over<R>(work: impl FnOnce() -> R) -> R {
+    if on_worker_pool() {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
