@@ -25,3 +25,29 @@ pub fn hand_over<R>(work: impl FnOnce() -> R) -> R {
         work()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work already handed over (a marked guest's call, run with `Handle::block_on` on its
+    /// own thread) may hand over again (its SQLite write): it just runs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn handed_over_work_may_hand_over_again() -> anyhow::Result<()> {
+        let answer = tokio::spawn(async {
+            hand_over(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(async { hand_over(|| on_worker_pool().then_some(42)) })
+            })
+        })
+        .await?;
+        assert_eq!(answer, Some(42));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn on_a_current_thread_runtime_work_just_runs() {
+        assert!(!on_worker_pool());
+        assert_eq!(hand_over(|| 7), 7);
+    }
+}

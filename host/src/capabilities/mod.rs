@@ -19,7 +19,7 @@
 //!
 //! Adding a capability: a module with those three parts, a line in [`descriptors`], a
 //! field in each of the three structs below, and its WIT interface. Only these modules
-//! touch sqlx, redis, the JWT key or password hashing.
+//! touch sqlx, rusqlite, redis, the JWT key or password hashing.
 
 pub mod bootstrap;
 pub mod grants;
