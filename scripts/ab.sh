@@ -10,6 +10,7 @@
 #   AB_BASE=... AB_BACKEND=postgres bash scripts/ab.sh /api/v1/users/me  # PostgreSQL + Redis
 #   AB_NEW=target/ab/plinth-other ...                                    # instead of the build
 #   AB_ENV="PLUGINS_DIR=/some/plugins METRICS_ADDR=127.0.0.1:0" ...       # more settings for both
+#   AB_NEW=target/release/plinth AB_NEW_ENV="METRICS_ADDR=127.0.0.1:0" ... # one binary, a setting's cost
 #   AB_NON_2XX=ok AB_BASE=... bash scripts/ab.sh /nope                    # host-only path, 404 by design
 #   AB_HEADER="Origin: https://app.example.com" ...                      # one more request header
 #
@@ -58,9 +59,13 @@ common_env=(JWT_SECRET=ab-secret-ab-secret-ab-secret-ab-secret-0123 LOG_FORMAT=j
   RATE_LIMIT_PER_MINUTE=0 AUTH_RATE_LIMIT_PER_MINUTE=0 PLUGINS_DIR="$target_dir/plugins")
 # ${AB_ENV}: more NAME=value words for both hosts (e.g. METRICS_ADDR=127.0.0.1:0).
 read -r -a extra_env <<<"${AB_ENV:-}"
+# ${AB_BASE_ENV} / ${AB_NEW_ENV}: settings for one host only (what a setting costs).
+read -r -a base_env <<<"${AB_BASE_ENV:-}"
+read -r -a new_env <<<"${AB_NEW_ENV:-}"
 
-start() { # <name> <binary>: sets $started_addr
+start() { # <name> <binary> [NAME=value...]: sets $started_addr
   local name=$1 binary=$2 backend_env=()
+  shift 2
   if [ "$backend" = postgres ]; then
     bash scripts/services.sh
     local db="plinth_ab_${name}_$$"
@@ -71,7 +76,7 @@ start() { # <name> <binary>: sets $started_addr
   else
     backend_env=(DATABASE_URL="sqlite://$work/$name.db")
   fi
-  env "${common_env[@]}" "${backend_env[@]}" "${extra_env[@]}" "$binary" >"$work/$name.log" 2>&1 &
+  env "${common_env[@]}" "${backend_env[@]}" "${extra_env[@]}" "$@" "$binary" >"$work/$name.log" 2>&1 &
   pids+=($!)
   await_listening "ab: $name" "$work/$name.log"
 }
@@ -88,15 +93,15 @@ run_wrk() { # <addr> <path> <token> <seconds>: "rps p99_ms"
   echo "$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)"
 }
 
-start base "$base"; base_addr=$started_addr
-start new "$new"; new_addr=$started_addr
+start base "$base" "${base_env[@]}"; base_addr=$started_addr
+start new "$new" "${new_env[@]}"; new_addr=$started_addr
 base_token= new_token=
 if printf '%s\n' "${paths[@]}" | grep -q '^/api/v1/users'; then
   base_token=$(token_for "$base_addr")
   new_token=$(token_for "$new_addr")
 fi
 
-echo "A/B: base $base, new $new; $backend; wrk -t2 -c$connections, ${seconds}s per run, $rounds rounds, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "A/B: base $base ${AB_BASE_ENV:-}, new $new ${AB_NEW_ENV:-}; $backend; wrk -t2 -c$connections, ${seconds}s per run, $rounds rounds, $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
 for path in "${paths[@]}"; do
   run_wrk "$base_addr" "$path" "$base_token" 1 >/dev/null   # warm-up
   run_wrk "$new_addr" "$path" "$new_token" 1 >/dev/null
