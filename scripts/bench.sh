@@ -67,19 +67,49 @@ start() {
 # requests/s, the lowest and highest requests/s of all runs, and their lowest and highest p99.
 results=()
 measure() {
-  local label=$1 url=$2 out conns=${CONNS:-$connections} run samples=()
+  local label=$1 url=$2 conns=${CONNS:-$connections} run samples=()
   shift 2
   wrk -t"$threads" -c"$conns" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
   for run in $(seq 1 "$runs"); do
-    out=$(wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency "$@" "$url")
-    local rps p50 p99 errors
-    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
-    p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
-    p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)
-    errors=$(awk '/Non-2xx or 3xx responses:/ {print $5} /Socket errors:/ {print "socket:" $0}' <<<"$out" | tr '\n' ' ')
-    samples+=("$rps|$p50|$p99|${errors:-0}")
+    samples+=("$(sample "$conns" "$url" "$@")")
   done
-  local median spread p99_spread
+  record "$label" "${samples[@]}"
+}
+# measure_pair <label A> <url A> <header A> <label B> <url B> <header B>: A and B take
+# turns run by run (the order alternating), so their ratio sees the same machine; runs
+# minutes apart differ by more than a setting costs. A header may be "" (none).
+measure_pair() {
+  local run samples_a=() samples_b=() a=() b=()
+  [ -n "$3" ] && a=(-H "$3")
+  [ -n "$6" ] && b=(-H "$6")
+  wrk -t"$threads" -c"$connections" -d1s "${a[@]}" "$2" >/dev/null 2>&1 || true   # warm-up
+  wrk -t"$threads" -c"$connections" -d1s "${b[@]}" "$5" >/dev/null 2>&1 || true
+  for run in $(seq 1 "$runs"); do
+    if (( run % 2 )); then
+      samples_a+=("$(sample "$connections" "$2" "${a[@]}")")
+      samples_b+=("$(sample "$connections" "$5" "${b[@]}")")
+    else
+      samples_b+=("$(sample "$connections" "$5" "${b[@]}")")
+      samples_a+=("$(sample "$connections" "$2" "${a[@]}")")
+    fi
+  done
+  record "$1" "${samples_a[@]}"
+  record "$4" "${samples_b[@]}"
+}
+# sample <connections> <url> [wrk args]: one run, "rps|p50|p99|errors".
+sample() {
+  local conns=$1 url=$2 out rps p50 p99 errors
+  shift 2
+  out=$(wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency "$@" "$url")
+  rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)
+  errors=$(awk '/Non-2xx or 3xx responses:/ {print $5} /Socket errors:/ {print "socket:" $0}' <<<"$out" | tr '\n' ' ')
+  echo "$rps|$p50|$p99|${errors:-0}"
+}
+# record <label> <sample>...: the median of the samples, and their spread.
+record() {
+  local label=$1 samples=("${@:2}") median spread p99_spread
   median=$(printf '%s\n' "${samples[@]}" | sort -t'|' -k1,1n | sed -n "$(( (runs + 1) / 2 ))p")
   spread=$(printf '%s\n' "${samples[@]}" | sort -t'|' -k1,1n | awk -F'|' 'NR == 1 { lo = $1 } { hi = $1 } END { print lo "-" hi }')
   p99_spread=$(printf '%s\n' "${samples[@]}" | sort -t'|' -k3,3g | awk -F'|' 'NR == 1 { lo = $3 } { hi = $3 } END { print lo "-" hi }')
@@ -159,9 +189,14 @@ wait "$flood" || true
 measure "host-only, middleware off" "http://$off_addr/nope"
 measure "host-only, CORS+rate limit(Redis)+log" "http://$on_addr/nope" -H "Origin: https://app.example.com"
 measure "plinth GET /hello/x (reused instances)" "http://$reuse_addr/hello/x"
-measure "plinth GET /hello/x, metrics on" "http://$metrics_host_addr/hello/x"
+# Metrics on ÷ off is a few percent: each "on" run takes turns with an "off" run.
+measure_pair "plinth GET /hello/x, metrics off (paired)" "http://$plinth_addr/hello/x" "" \
+  "plinth GET /hello/x, metrics on" "http://$metrics_host_addr/hello/x" ""
 metrics_token=$(token_for "$metrics_host_addr")
-measure "users/me SQLite, metrics on" "http://$metrics_host_addr/api/v1/users/me" -H "Authorization: Bearer $metrics_token"
+measure_pair "users/me SQLite, metrics off (paired)" "http://$plinth_addr/api/v1/users/me" \
+  "Authorization: Bearer $sqlite_token" \
+  "users/me SQLite, metrics on" "http://$metrics_host_addr/api/v1/users/me" \
+  "Authorization: Bearer $metrics_token"
 flood_rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$work/flood.out")
 
 echo
@@ -177,8 +212,8 @@ figure "plugin path / host-only" "$(ratio "$(rps_of 2)" "$(rps_of 1)")"
 figure "middleware on / off" "$(ratio "$(rps_of 8)" "$(rps_of 7)")"
 figure "plugin path, reused instances / host-only" "$(ratio "$(rps_of 9)" "$(rps_of 1)")"
 figure "plugin path, reused instances / bare hyper" "$(ratio "$(rps_of 9)" "$(rps_of 0)")"
-figure "hello, metrics on / off" "$(ratio "$(rps_of 10)" "$(rps_of 2)")"
-figure "users/me SQLite, metrics on / off" "$(ratio "$(rps_of 11)" "$(rps_of 3)")"
+figure "hello, metrics on / off" "$(ratio "$(rps_of 11)" "$(rps_of 10)")"
+figure "users/me SQLite, metrics on / off" "$(ratio "$(rps_of 13)" "$(rps_of 12)")"
 figure "users/me p99 under login flood / quiet" "$(times "$(p99_of 6)" "$(p99_of 4)")"
 figure "login flood, logins/s" "${flood_rps:-0}"
 echo
@@ -187,7 +222,7 @@ echo "plugin path / bare hyper:    $(ratio "$(rps_of 2)" "$(rps_of 0)")   (targe
 echo "plugin path / host-only:     $(ratio "$(rps_of 2)" "$(rps_of 1)")   (target: >= 50%)"
 echo "reused instances / host-only: $(ratio "$(rps_of 9)" "$(rps_of 1)")   (target: >= 75%); / bare hyper: $(ratio "$(rps_of 9)" "$(rps_of 0)")   (target: >= 40%)"
 echo "users/me SQLite:             $(rps_of 3) req/s   (target: >= 20,000)"
-echo "metrics on / off:            /hello/x $(ratio "$(rps_of 10)" "$(rps_of 2)"), users/me SQLite $(ratio "$(rps_of 11)" "$(rps_of 3)")   (target: >= 97%)"
+echo "metrics on / off (paired):   /hello/x $(ratio "$(rps_of 11)" "$(rps_of 10)"), users/me SQLite $(ratio "$(rps_of 13)" "$(rps_of 12)")   (target: >= 97%)"
 echo "users/me PostgreSQL+Redis:   $(rps_of 4) req/s, p99 $(p99_of 4) ms   (target: >= 10,000, p99 < 10 ms)"
 echo "middleware on / off (host-only):  $(ratio "$(rps_of 8)" "$(rps_of 7)")   (target: >= 85%, i.e. overhead <= 15%)"
 echo "users/me p99 under login flood / quiet: $(times "$(p99_of 6)" "$(p99_of 4)")   (target: <= 3x; flood served ${flood_rps:-?} logins/s)"

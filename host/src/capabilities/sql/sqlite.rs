@@ -13,8 +13,9 @@
 //!   progress handler compares the statement's start with the clock).
 //!
 //! Statements run where the plugin's call runs (through `rusqlite`), not on a thread per
-//! connection as sqlx's driver ran them: that hop there and back was ~15% of `users/me`
-//! (issue 14). A serving worker must not be held for long, so whatever may take long first
+//! connection as sqlx's driver ran them: without that hop there and back, `users/me` on
+//! SQLite serves 1.38× the requests (issue 14, BENCHMARKS.md). A serving worker must not be
+//! held for long, so whatever may take long first
 //! hands the worker's queue to another thread ([`hand_over`]):
 //! - a statement that may write (committing syncs SQLite's log to disk), and every
 //!   statement inside a transaction;
