@@ -1050,21 +1050,26 @@ mod tests {
         Ok(())
     }
 
+    /// A data set with one table `t (x INTEGER)`, statements limited to 10 s.
+    async fn table_t(dir: &std::path::Path) -> anyhow::Result<Arc<DataSet>> {
+        let sql = sqlite_service(dir).await?;
+        let timeout = Duration::from_secs(10);
+        sql.prepare(
+            "ds",
+            "p",
+            &[migration(1, "CREATE TABLE t (x INTEGER);")],
+            timeout,
+        )
+        .await
+    }
+
     /// With a single serving worker, another task keeps running while a long read (past
     /// its inline budget) or a long write runs: both left the worker's queue to another
     /// thread. The read, interrupted and run again, still answers every row once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn long_statements_leave_the_serving_worker() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let sql = sqlite_service(dir.path()).await?;
-        let ds = sql
-            .prepare(
-                "ds",
-                "p",
-                &[migration(1, "CREATE TABLE t (x INTEGER);")],
-                Duration::from_secs(10),
-            )
-            .await?;
+        let ds = table_t(dir.path()).await?;
         let ticks = Arc::new(AtomicU64::new(0));
         let ticker = tokio::spawn({
             let ticks = ticks.clone();
@@ -1114,15 +1119,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_write_waits_for_the_lock_without_holding_the_worker() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let sql = sqlite_service(dir.path()).await?;
-        let ds = sql
-            .prepare(
-                "ds",
-                "p",
-                &[migration(1, "CREATE TABLE t (x INTEGER);")],
-                Duration::from_secs(10),
-            )
-            .await?;
+        let ds = table_t(dir.path()).await?;
         let mut tx = ds.begin().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
         tx.execute("INSERT INTO t VALUES (1)", vec![])
             .await
