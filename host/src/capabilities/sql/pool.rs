@@ -352,7 +352,7 @@ impl<C: Pooled> Drop for PooledConnection<C> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         if !self.settled {
-            // Dropping a sqlx connection closes its socket or ends its worker thread.
+            // Dropped, a connection closes (its socket, or its SQLite handle).
             self.shared.count(|stats| stats.open.dec());
             return;
         }

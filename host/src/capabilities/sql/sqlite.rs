@@ -435,10 +435,15 @@ enum Declared {
 
 impl Declared {
     fn of(declared: Option<&str>) -> Self {
-        match declared.map(str::to_ascii_lowercase).as_deref() {
-            Some("boolean" | "bool") => Self::Boolean,
-            Some("datetime" | "timestamp") => Self::Timestamp,
-            _ => Self::Other,
+        let is = |names: [&str; 2]| {
+            declared.is_some_and(|d| names.iter().any(|n| d.eq_ignore_ascii_case(n)))
+        };
+        if is(["boolean", "bool"]) {
+            Self::Boolean
+        } else if is(["datetime", "timestamp"]) {
+            Self::Timestamp
+        } else {
+            Self::Other
         }
     }
 }
