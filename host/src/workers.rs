@@ -15,6 +15,15 @@ pub fn on_worker_pool() -> bool {
         .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+/// Nanoseconds on one monotonic clock since its first reading: what work that may hold
+/// its thread is timed by (a guest's stretches between yields, a SQLite statement's run),
+/// as a number an atomic can hold.
+pub fn now_ns() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Runs `work` after handing this worker's queue to another thread when on the
 /// multi-threaded runtime; anywhere else (a current-thread runtime, a plain thread, work
 /// already handed over) it just runs.

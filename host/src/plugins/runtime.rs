@@ -305,7 +305,7 @@ impl HeavyLanes {
     }
 }
 
-/// Until when (µs after [`clock_origin`]) a plugin version is marked (heavy, or holding
+/// Until when ([`now_us`]) a plugin version is marked (heavy, or holding
 /// threads); 0: never marked.
 #[derive(Debug, Default)]
 pub struct HeavyMark(AtomicU64);
@@ -406,7 +406,7 @@ pub struct InstanceState {
 /// judged by it.
 #[derive(Debug, Default)]
 struct HoldClock {
-    /// When the guest last got its thread back, in µs since [`clock_origin`] (written by
+    /// When the guest last got its thread back ([`now_us`]; written by
     /// the yield's future as it completes).
     resumed_us: Arc<AtomicU64>,
     longest_us: u64,
@@ -429,14 +429,9 @@ impl HoldClock {
     }
 }
 
-/// The origin of the µs timestamps of [`HoldClock`] and [`HeavyMark`].
-fn clock_origin() -> Instant {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
-
+/// The timestamps of [`HoldClock`] and [`HeavyMark`]: µs on [`workers::now_ns`]'s clock.
 fn now_us() -> u64 {
-    u64::try_from(clock_origin().elapsed().as_micros()).unwrap_or(u64::MAX)
+    workers::now_ns() / 1_000
 }
 
 /// Gives the thread up once, then records when the guest got it back (wasmtime's own

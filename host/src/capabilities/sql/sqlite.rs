@@ -31,9 +31,9 @@
 
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use libsqlite3_sys as ffi;
@@ -44,7 +44,7 @@ use super::migrations::{AppliedMigration, MIGRATIONS_TABLE, Migration};
 use super::pool::{Pool, PoolStatsFamilies, Pooled};
 use super::{BoxFuture, PERMISSION_DENIED, normalise_timestamp};
 use crate::bindings::plinth::plugin::sql::{Error, Rows, Value};
-use crate::workers::hand_over;
+use crate::workers::{hand_over, now_ns};
 
 /// How often (in SQLite VM steps) a running statement checks its clock.
 const PROGRESS_STEPS: c_int = 1_000;
@@ -498,7 +498,7 @@ fn value_of(value: ValueRef<'_>, declared: Declared) -> Value {
 /// may hold a serving worker.
 #[derive(Debug)]
 struct StatementClock {
-    /// Nanoseconds since [`clock_origin`].
+    /// When it started ([`now_ns`]).
     started: AtomicU64,
     limit_nanos: u64,
     /// Past this many nanoseconds the statement is interrupted to run again handed over;
@@ -510,7 +510,7 @@ struct StatementClock {
 impl StatementClock {
     fn new(limit: Duration) -> Self {
         Self {
-            started: AtomicU64::new(nanos_since_origin()),
+            started: AtomicU64::new(now_ns()),
             limit_nanos: u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX),
             budget_nanos: AtomicU64::new(u64::MAX),
             over_budget: AtomicBool::new(false),
@@ -524,13 +524,13 @@ impl StatementClock {
         });
         self.budget_nanos.store(budget, Ordering::Relaxed);
         self.over_budget.store(false, Ordering::Relaxed);
-        self.started.store(nanos_since_origin(), Ordering::Relaxed);
+        self.started.store(now_ns(), Ordering::Relaxed);
     }
 
     /// The progress handler: whether to interrupt the running statement (SQLite answers
     /// `SQLITE_INTERRUPT`: past the limit the plugin sees `timed-out`).
     fn interrupts(&self) -> bool {
-        let running = nanos_since_origin().saturating_sub(self.started.load(Ordering::Relaxed));
+        let running = now_ns().saturating_sub(self.started.load(Ordering::Relaxed));
         if running > self.limit_nanos {
             return true;
         }
@@ -547,15 +547,6 @@ impl StatementClock {
         self.budget_nanos.store(u64::MAX, Ordering::Relaxed);
         self.over_budget.swap(false, Ordering::Relaxed)
     }
-}
-
-fn clock_origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
-
-fn nanos_since_origin() -> u64 {
-    u64::try_from(clock_origin().elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// SQLite's busy handler: waits for another connection's lock with SQLite's own back-off
