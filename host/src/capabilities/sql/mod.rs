@@ -1007,7 +1007,10 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
+    // The host's runtime: an abandoned transaction is rolled back by a task of its own,
+    // which another worker runs while the next writer waits for the lock (on a single
+    // thread, that wait would hold the only thread the rollback could run on).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite_transactions_commit_roll_back_and_never_outlive_their_holder()
     -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
