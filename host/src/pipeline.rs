@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
@@ -233,10 +233,36 @@ fn log_access(
             plugin_version,
             status = status.as_u16(),
             latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
-            client_ip = %client,
+            client_ip = %ClientIp(client),
             "request"
         );
     });
+}
+
+/// A client address as the access line writes it: std's text, but an IPv4 address is
+/// assembled in one piece (std formats each octet through `core::fmt`, about a sixth of
+/// the line's cost).
+struct ClientIp(std::net::IpAddr);
+
+impl std::fmt::Display for ClientIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let std::net::IpAddr::V4(v4) = self.0 else {
+            return self.0.fmt(f);
+        };
+        let mut text = [0u8; 15];
+        let mut len = 0;
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                text[len] = b'.';
+                len += 1;
+            }
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(octet).as_bytes();
+            text[len..len + digits.len()].copy_from_slice(digits);
+            len += digits.len();
+        }
+        f.pad(std::str::from_utf8(&text[..len]).map_err(|_| std::fmt::Error)?)
+    }
 }
 
 /// Headers the host sets on every response, whoever produced it (docs/API.md "Headers on every
@@ -521,9 +547,8 @@ fn is_cors_header(name: &str) -> bool {
 
 /// The plugin's response, already validated by the runtime.
 fn into_http_response(guest: bindings::Response) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(guest.body)));
-    *response.status_mut() =
-        StatusCode::from_u16(guest.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(guest.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = crate::error::response(status, guest.body);
     let headers = response.headers_mut();
     for (name, value) in guest.headers {
         if is_hop_by_hop(&name) || is_cors_header(&name) {
@@ -537,4 +562,29 @@ fn into_http_response(guest: bindings::Response) -> Response<Body> {
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::ClientIp;
+
+    #[test]
+    fn client_addresses_read_as_std_writes_them() {
+        for address in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.0.12.9",
+            "192.168.100.254",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:203.0.113.7",
+        ] {
+            let ip: IpAddr = address.parse().expect("an address");
+            assert_eq!(ClientIp(ip).to_string(), ip.to_string());
+            assert_eq!(format!("{:>20}", ClientIp(ip)), format!("{ip:>20}"));
+        }
+    }
 }

@@ -49,43 +49,74 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // Events forwarded from the `log` crate name their real target in fields.
-        let normalized = event.normalized_metadata();
-        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-
-        writer.write_str("{\"timestamp\":\"")?;
-        write_timestamp(&mut writer, SystemTime::now())?;
-        writer.write_str("\",\"level\":\"")?;
-        writer.write_str(meta.level().as_str())?;
-        writer.write_char('"')?;
-
-        let mut fields = FieldVisitor::new(&mut writer, Fields::Event);
-        event.record(&mut fields);
-        fields.result?;
-
-        writer.write_str(",\"target\":")?;
-        write_string(&mut writer, meta.target())?;
-
-        let span = event
-            .parent()
-            .and_then(|id| ctx.span(id))
-            .or_else(|| ctx.lookup_current());
-        if let Some(span) = span {
-            writer.write_str(",\"span\":{")?;
-            let extensions = span.extensions();
-            if let Some(fields) = extensions.get::<FormattedFields<JsonSpanFields>>() {
-                let inner = object_inner(&fields.fields);
-                if !inner.is_empty() {
-                    writer.write_str(inner)?;
-                    writer.write_char(',')?;
-                }
+        // The line is encoded into a plain `String` (each piece a copy, not a call through
+        // the `Writer`'s `dyn fmt::Write`) and handed over in one piece. A line logged
+        // while encoding one (from some `Debug`) gets a buffer of its own.
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                encode_event(ctx, event, &mut line)?;
+                writer.write_str(&line)
             }
-            writer.write_str("\"name\":")?;
-            write_string(&mut writer, span.metadata().name())?;
-            writer.write_char('}')?;
-        }
-        writer.write_str("}\n")
+            Err(_) => {
+                let mut line = String::new();
+                encode_event(ctx, event, &mut line)?;
+                writer.write_str(&line)
+            }
+        })
     }
+}
+
+thread_local! {
+    /// The line being encoded on this thread, kept for the next one.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn encode_event<S>(
+    ctx: &FmtContext<'_, S, JsonSpanFields>,
+    event: &Event<'_>,
+    out: &mut String,
+) -> fmt::Result
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    // Events forwarded from the `log` crate name their real target in fields.
+    let normalized = event.normalized_metadata();
+    let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+
+    out.push_str("{\"timestamp\":\"");
+    write_timestamp(out, SystemTime::now());
+    out.push_str("\",\"level\":\"");
+    out.push_str(meta.level().as_str());
+    out.push('"');
+
+    let mut fields = FieldVisitor::new(out, Fields::Event);
+    event.record(&mut fields);
+    fields.result?;
+
+    out.push_str(",\"target\":");
+    write_string(out, meta.target());
+
+    let span = event
+        .parent()
+        .and_then(|id| ctx.span(id))
+        .or_else(|| ctx.lookup_current());
+    if let Some(span) = span {
+        out.push_str(",\"span\":{");
+        let extensions = span.extensions();
+        if let Some(fields) = extensions.get::<FormattedFields<JsonSpanFields>>() {
+            let inner = object_inner(&fields.fields);
+            if !inner.is_empty() {
+                out.push_str(inner);
+                out.push(',');
+            }
+        }
+        out.push_str("\"name\":");
+        write_string(out, span.metadata().name());
+        out.push('}');
+    }
+    out.push_str("}\n");
+    Ok(())
 }
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
@@ -94,11 +125,12 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        writer.write_char('{')?;
-        let mut visitor = FieldVisitor::new(&mut writer, Fields::SpanFirst);
+        let mut object = String::from("{");
+        let mut visitor = FieldVisitor::new(&mut object, Fields::SpanFirst);
         fields.record(&mut visitor);
         visitor.result?;
-        writer.write_char('}')
+        object.push('}');
+        writer.write_str(&object)
     }
 
     fn add_fields(
@@ -112,9 +144,8 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         // `{...}`: reopen the object, append, close it again.
         let empty = object_inner(&current.fields).is_empty();
         current.fields.pop();
-        let mut writer = current.as_writer();
         let mut visitor = FieldVisitor::new(
-            &mut writer,
+            &mut current.fields,
             if empty {
                 Fields::SpanFirst
             } else {
@@ -122,8 +153,9 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
             },
         );
         fields.record(&mut visitor);
-        visitor.result?;
-        writer.write_char('}')
+        let result = visitor.result;
+        current.fields.push('}');
+        result
     }
 }
 
@@ -147,23 +179,23 @@ enum Fields {
 }
 
 /// Writes `"name":value` entries.
-struct FieldVisitor<'a, 'w> {
-    writer: &'a mut Writer<'w>,
+struct FieldVisitor<'a> {
+    out: &'a mut String,
     kind: Fields,
     result: fmt::Result,
 }
 
-impl<'a, 'w> FieldVisitor<'a, 'w> {
-    fn new(writer: &'a mut Writer<'w>, kind: Fields) -> Self {
+impl<'a> FieldVisitor<'a> {
+    fn new(out: &'a mut String, kind: Fields) -> Self {
         Self {
-            writer,
+            out,
             kind,
             result: Ok(()),
         }
     }
 
     /// Writes the key (and the comma before it); `None` when the field is skipped.
-    fn key(&mut self, field: &Field) -> Option<&mut Writer<'w>> {
+    fn key(&mut self, field: &Field) -> Option<&mut String> {
         if self.result.is_err() {
             return None;
         }
@@ -176,55 +208,59 @@ impl<'a, 'w> FieldVisitor<'a, 'w> {
             }
             name = name.strip_prefix("r#").unwrap_or(name);
         }
-        let comma = self.kind != Fields::SpanFirst;
-        self.kind = if self.kind == Fields::SpanFirst {
-            Fields::Span
+        if self.kind == Fields::SpanFirst {
+            self.kind = Fields::Span;
         } else {
-            self.kind
-        };
-        let written = (|| {
-            if comma {
-                self.writer.write_char(',')?;
-            }
-            write_string(self.writer, name)?;
-            self.writer.write_char(':')
-        })();
-        match written {
-            Ok(()) => Some(self.writer),
-            Err(err) => {
-                self.result = Err(err);
-                None
-            }
+            self.out.push(',');
         }
+        write_string(self.out, name);
+        self.out.push(':');
+        Some(self.out)
     }
 
-    fn value(&mut self, field: &Field, write: impl FnOnce(&mut Writer<'w>) -> fmt::Result) {
-        if let Some(writer) = self.key(field) {
-            let result = write(writer);
+    fn value(&mut self, field: &Field, write: impl FnOnce(&mut String) -> fmt::Result) {
+        if let Some(out) = self.key(field) {
+            let result = write(out);
             self.result = result;
         }
     }
 }
 
-impl Visit for FieldVisitor<'_, '_> {
+impl Visit for FieldVisitor<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.value(field, |w| write_f64(w, value));
+        self.value(field, |w| {
+            write_f64(w, value);
+            Ok(())
+        });
     }
 
+    // itoa, not `write!`: `core::fmt` costs several times the digits (status on every access line).
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.value(field, |w| write!(w, "{value}"));
+        self.value(field, |w| {
+            w.push_str(itoa::Buffer::new().format(value));
+            Ok(())
+        });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.value(field, |w| write!(w, "{value}"));
+        self.value(field, |w| {
+            w.push_str(itoa::Buffer::new().format(value));
+            Ok(())
+        });
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.value(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.value(field, |w| {
+            w.push_str(if value { "true" } else { "false" });
+            Ok(())
+        });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.value(field, |w| write_string(w, value));
+        self.value(field, |w| {
+            write_string(w, value);
+            Ok(())
+        });
     }
 
     fn record_bytes(&mut self, field: &Field, value: &[u8]) {
@@ -234,23 +270,25 @@ impl Visit for FieldVisitor<'_, '_> {
         } else {
             // tracing-subscriber's span fields: an array of numbers.
             self.value(field, |w| {
-                w.write_char('[')?;
+                w.push('[');
                 for (i, byte) in value.iter().enumerate() {
                     if i > 0 {
-                        w.write_char(',')?;
+                        w.push(',');
                     }
-                    write!(w, "{byte}")?;
+                    w.push_str(itoa::Buffer::new().format(*byte));
                 }
-                w.write_char(']')
+                w.push(']');
+                Ok(())
             });
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.value(field, |w| {
-            w.write_char('"')?;
+            w.push('"');
             write!(Escaping(w), "{value:?}")?;
-            w.write_char('"')
+            w.push('"');
+            Ok(())
         });
     }
 }
@@ -273,30 +311,34 @@ impl fmt::Display for HexBytes<'_> {
 
 /// A float as serde_json writes it (its formatter, into a buffer on the stack): shortest
 /// round-trip form, `null` when not finite.
-fn write_f64(writer: &mut dyn fmt::Write, value: f64) -> fmt::Result {
-    use serde_json::ser::Formatter as _;
+fn write_f64(out: &mut String, value: f64) {
     if !value.is_finite() {
-        return writer.write_str("null");
+        out.push_str("null");
+        return;
     }
+    use serde_json::ser::Formatter as _;
     let mut buffer = [0u8; 32];
     let mut rest = &mut buffer[..];
-    serde_json::ser::CompactFormatter
-        .write_f64(&mut rest, value)
-        .map_err(|_| fmt::Error)?;
-    let left = rest.len();
-    let written = buffer.len() - left;
-    writer.write_str(std::str::from_utf8(&buffer[..written]).map_err(|_| fmt::Error)?)
+    // A finite f64 takes at most 24 bytes: the buffer cannot run out.
+    match serde_json::ser::CompactFormatter.write_f64(&mut rest, value) {
+        Ok(()) => {
+            let written = 32 - rest.len();
+            out.push_str(std::str::from_utf8(&buffer[..written]).unwrap_or("null"));
+        }
+        Err(_) => out.push_str("null"),
+    }
 }
 
 /// Writes `value` as a JSON string, quotes included.
-fn write_string(writer: &mut dyn fmt::Write, value: &str) -> fmt::Result {
+fn write_string(out: &mut String, value: &str) {
     if needs_escaping(value) {
-        let escaped = serde_json::to_string(value).map_err(|_| fmt::Error)?;
-        writer.write_str(&escaped)
+        // serde_json writes valid UTF-8 into a `Vec<u8>`; it cannot fail.
+        let escaped = serde_json::to_string(value).unwrap_or_default();
+        out.push_str(&escaped);
     } else {
-        writer.write_char('"')?;
-        writer.write_str(value)?;
-        writer.write_char('"')
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
     }
 }
 
@@ -308,16 +350,18 @@ fn needs_escaping(value: &str) -> bool {
 
 /// Escapes what is written through it as the inside of a JSON string (for `Debug` text,
 /// which comes in pieces).
-struct Escaping<'a>(&'a mut dyn fmt::Write);
+struct Escaping<'a>(&'a mut String);
 
 impl fmt::Write for Escaping<'_> {
     fn write_str(&mut self, piece: &str) -> fmt::Result {
         if !needs_escaping(piece) {
-            return self.0.write_str(piece);
+            self.0.push_str(piece);
+            return Ok(());
         }
         let escaped = serde_json::to_string(piece).map_err(|_| fmt::Error)?;
         // Without the quotes serde_json put around it.
-        self.0.write_str(&escaped[1..escaped.len() - 1])
+        self.0.push_str(&escaped[1..escaped.len() - 1]);
+        Ok(())
     }
 }
 
@@ -335,7 +379,7 @@ thread_local! {
 }
 
 /// `2025-01-02T03:04:05.678901Z`, as tracing-subscriber's default timer writes it.
-fn write_timestamp(writer: &mut dyn fmt::Write, now: SystemTime) -> fmt::Result {
+fn write_timestamp(out: &mut String, now: SystemTime) {
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let second = since_epoch.as_secs();
     let micros = since_epoch.subsec_micros();
@@ -347,12 +391,19 @@ fn write_timestamp(writer: &mut dyn fmt::Write, now: SystemTime) -> fmt::Result 
                 .ok()
                 .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
                 .unwrap_or_default();
-            write!(prefix.text, "{}.", time.format("%Y-%m-%dT%H:%M:%S"))?;
+            // Formatting into a `String` cannot fail.
+            let _ = write!(prefix.text, "{}.", time.format("%Y-%m-%dT%H:%M:%S"));
             prefix.second = second;
         }
-        writer.write_str(&prefix.text)?;
-        write!(writer, "{micros:06}Z")
-    })
+        out.push_str(&prefix.text);
+    });
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(micros);
+    for _ in digits.len()..6 {
+        out.push('0');
+    }
+    out.push_str(digits);
+    out.push('Z');
 }
 
 #[cfg(test)]
@@ -558,7 +609,7 @@ mod tests {
         for code in (0u32..0x80).chain([0xa0, 0x2028, 0x2029, 0xfeff]) {
             let text: String = char::from_u32(code).into_iter().collect();
             let mut mine = String::new();
-            write_string(&mut mine, &text).expect("write");
+            write_string(&mut mine, &text);
             assert_eq!(
                 mine,
                 serde_json::to_string(&text).expect("json"),
@@ -575,12 +626,12 @@ mod tests {
     fn timestamps_are_rfc3339_with_microseconds() {
         let at = |micros: u64| UNIX_EPOCH + std::time::Duration::from_micros(micros);
         let mut text = String::new();
-        write_timestamp(&mut text, at(1_700_000_000_000_042)).expect("write");
+        write_timestamp(&mut text, at(1_700_000_000_000_042));
         assert_eq!(text, "2023-11-14T22:13:20.000042Z");
         text.clear();
         // Same second (cached prefix), then the next one.
-        write_timestamp(&mut text, at(1_700_000_000_999_999)).expect("write");
-        write_timestamp(&mut text, at(1_700_000_001_000_000)).expect("write");
+        write_timestamp(&mut text, at(1_700_000_000_999_999));
+        write_timestamp(&mut text, at(1_700_000_001_000_000));
         assert_eq!(
             text,
             "2023-11-14T22:13:20.999999Z2023-11-14T22:13:21.000000Z"
