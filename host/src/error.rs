@@ -6,26 +6,13 @@
 //! the client. The codes are `plinth-codes`' [`ErrorCode`], the list plugins answer with too.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use plinth_codes::ErrorCode;
 use serde::Serialize;
 
 /// The body type of every response the host sends.
 pub type Body = Full<Bytes>;
-
-/// Headers a response holds before its map must grow: its producer's few and the up to ten
-/// the host adds to every response (request id, `nosniff`, CORS, rate limit). Growing
-/// rehashes the map, a cost paid per request (BENCHMARKS.md, sixth round).
-const RESPONSE_HEADERS: usize = 12;
-
-/// A response with `status` and `body`, its header map sized for the host's headers.
-pub fn response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()));
-    *response.status_mut() = status;
-    *response.headers_mut() = HeaderMap::with_capacity(RESPONSE_HEADERS);
-    response
-}
 
 /// One item of a 422 `detail` list (FastAPI's shape).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -173,7 +160,8 @@ struct ErrorBody<'a> {
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     // Serialising our own plain structs cannot fail; an empty object is the safe fallback.
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = response(status, body);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json; charset=utf-8"),

@@ -17,7 +17,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, header};
+use http_body_util::Full;
 use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, Body};
@@ -134,7 +135,7 @@ pub fn serve(
 }
 
 fn bytes_response(bytes: Bytes, content_type: &'static str) -> Response<Body> {
-    let mut response = crate::error::response(StatusCode::OK, bytes);
+    let mut response = Response::new(Full::new(bytes));
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

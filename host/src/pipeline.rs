@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
@@ -547,8 +547,9 @@ fn is_cors_header(name: &str) -> bool {
 
 /// The plugin's response, already validated by the runtime.
 fn into_http_response(guest: bindings::Response) -> Response<Body> {
-    let status = StatusCode::from_u16(guest.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = crate::error::response(status, guest.body);
+    let mut response = Response::new(Full::new(Bytes::from(guest.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(guest.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     for (name, value) in guest.headers {
         if is_hop_by_hop(&name) || is_cors_header(&name) {

@@ -8,6 +8,7 @@
 
 use anyhow::{bail, ensure};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::Full;
 
 use crate::error::Body;
 
@@ -91,7 +92,8 @@ impl CorsPolicy {
             return None;
         }
         let origin = headers.get(header::ORIGIN)?;
-        let mut response = crate::error::response(StatusCode::NO_CONTENT, bytes::Bytes::new());
+        let mut response = Response::new(Full::default());
+        *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
         out.insert(header::VARY, HeaderValue::from_static("Origin"));
         if self.allows(origin) {

@@ -49,27 +49,34 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // The line is encoded into a plain `String` (each piece a copy, not a call through
-        // the `Writer`'s `dyn fmt::Write`) and handed over in one piece. A line logged
-        // while encoding one (from some `Debug`) gets a buffer of its own.
-        LINE.with(|line| match line.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                encode_event(ctx, event, &mut line)?;
-                writer.write_str(&line)
-            }
-            Err(_) => {
-                let mut line = String::new();
-                encode_event(ctx, event, &mut line)?;
-                writer.write_str(&line)
-            }
-        })
+        encoded(&mut writer, |line| encode_event(ctx, event, line))
     }
 }
 
 thread_local! {
-    /// The line being encoded on this thread, kept for the next one.
-    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    /// What is being encoded on this thread, kept for the next line.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Encodes into a plain `String` (each piece a copy, not a call through the `Writer`'s
+/// `dyn fmt::Write`) and hands the text to `writer` in one piece. What is logged while
+/// encoding (from some `Debug`) gets a buffer of its own.
+fn encoded(
+    writer: &mut Writer<'_>,
+    encode: impl FnOnce(&mut String) -> fmt::Result,
+) -> fmt::Result {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut text) => {
+            text.clear();
+            encode(&mut text)?;
+            writer.write_str(&text)
+        }
+        Err(_) => {
+            let mut text = String::new();
+            encode(&mut text)?;
+            writer.write_str(&text)
+        }
+    })
 }
 
 fn encode_event<S>(
@@ -125,12 +132,14 @@ impl<'writer> FormatFields<'writer> for JsonSpanFields {
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        let mut object = String::from("{");
-        let mut visitor = FieldVisitor::new(&mut object, Fields::SpanFirst);
-        fields.record(&mut visitor);
-        visitor.result?;
-        object.push('}');
-        writer.write_str(&object)
+        encoded(&mut writer, |object| {
+            object.push('{');
+            let mut visitor = FieldVisitor::new(object, Fields::SpanFirst);
+            fields.record(&mut visitor);
+            visitor.result?;
+            object.push('}');
+            Ok(())
+        })
     }
 
     fn add_fields(
