@@ -398,6 +398,35 @@ async fn a_plugin_logging_in_a_loop_while_stdout_stalls_loses_only_its_own_lines
     }
 }
 
+/// `PLUGIN_INSTANCES`: with a pool of one slot, a call to another plugin queues for the
+/// slot (it does not fail) and runs once the call holding it is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_instance_slot_calls_take_turns() {
+    let plugins = PluginsDir::with(&["hello"]);
+    plugins.deploy_as("spin", "spin", |m| {
+        m.replace("timeout_ms = 300", "timeout_ms = 5000")
+    });
+    let host = std::sync::Arc::new(
+        TestHost::builder()
+            .env("PLUGIN_INSTANCES", "1")
+            .start(&plugins),
+    );
+    let holder = {
+        let host = host.clone();
+        tokio::spawn(async move { host.get("/spin/sleep/1000").await.status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let queued = host.get("/hello/slot").await;
+    let waited = started.elapsed();
+    assert_eq!(queued.status(), 200);
+    assert!(
+        waited >= Duration::from_millis(700),
+        "answered after {waited:?}, while the only slot was held for a second"
+    );
+    assert_eq!(holder.await.expect("join"), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_concurrency_limit_a_plugin_gets_fast_503s() {
     let plugins = PluginsDir::with(&["auth", "users", "hello"]);

@@ -6,6 +6,9 @@
 //! bash scripts/build-plugins.sh            # the components (target/plugins/hello)
 //! cargo bench -p plinth-host --bench plugin_call
 //! BENCH_PLUGIN_DIR=/some/hello cargo bench -p plinth-host --bench plugin_call  # another build
+//! # instructions per part of a call (BENCHMARKS.md, sixth round): a pool valgrind can map
+//! PLUGIN_INSTANCES=8 valgrind --tool=callgrind target/release/deps/plugin_call-<hash> \
+//!     --bench --profile-time 3
 //! ```
 
 use std::path::PathBuf;
@@ -60,6 +63,8 @@ fn plugin_call(c: &mut Criterion) {
         let config = plinth_host::Config::from_lookup(|key| match key {
             "JWT_SECRET" => Some("bench-secret-bench-secret-bench-secret-0123".into()),
             "DATABASE_URL" => Some(database.clone()),
+            // e.g. a small pool under valgrind, which cannot reserve the default's 4 TiB
+            "PLUGIN_INSTANCES" => std::env::var(key).ok(),
             _ => None,
         })
         .expect("configuration");
@@ -70,7 +75,7 @@ fn plugin_call(c: &mut Criterion) {
                 .await
                 .expect("capabilities"),
         );
-        let engine = PluginEngine::new(None, metrics).expect("engine");
+        let engine = PluginEngine::new(None, config.plugin_instances, metrics).expect("engine");
         LoadedPlugin::load(&engine, &capabilities, &dir, None)
             .await
             .expect("loading hello")

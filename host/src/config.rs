@@ -18,6 +18,10 @@ use crate::middleware::cors::CorsPolicy;
 /// Shortest `JWT_SECRET` accepted (docs/API.md).
 const MIN_SECRET_BYTES: usize = 32;
 
+/// The largest instance pool: 20,000 slots of about 4 GiB reserve 80 TiB of the 128 TiB a
+/// Linux process may map.
+const MAX_PLUGIN_INSTANCES: u32 = 20_000;
+
 fn random_secret() -> Vec<u8> {
     let mut secret = vec![0u8; 64];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
@@ -54,6 +58,9 @@ pub struct Config {
     pub watch_plugins: bool,
     /// Where compiled plugins are kept across restarts (`PLUGIN_CACHE_DIR`); `None`: off.
     pub plugin_cache_dir: Option<PathBuf>,
+    /// Plugin instances alive at once across all plugins (`PLUGIN_INSTANCES`): the size of
+    /// the instance pool, each slot reserving about 4 GiB of address space.
+    pub plugin_instances: u32,
     /// Largest request body accepted before the plugin runs (413 beyond it).
     pub max_body_bytes: usize,
     /// How long in-flight requests may take to finish after SIGINT/SIGTERM.
@@ -124,6 +131,15 @@ impl Config {
                     .context("PLUGIN_CACHE_DIR cannot be made absolute")?,
             ),
         };
+        let plugin_instances = parse_or(
+            &get,
+            "PLUGIN_INSTANCES",
+            crate::plugins::runtime::DEFAULT_INSTANCES,
+        )?;
+        ensure!(
+            (1..=MAX_PLUGIN_INSTANCES).contains(&plugin_instances),
+            "PLUGIN_INSTANCES must be between 1 and {MAX_PLUGIN_INSTANCES}, not {plugin_instances}"
+        );
         let max_body_bytes = parse_or(&get, "MAX_BODY_BYTES", 1024 * 1024)?;
         let shutdown_grace = Duration::from_secs(parse_or(&get, "SHUTDOWN_GRACE_SECONDS", 30)?);
 
@@ -272,6 +288,7 @@ impl Config {
             plugins_dir,
             watch_plugins: parse_or(&get, "WATCH_PLUGINS", true)?,
             plugin_cache_dir,
+            plugin_instances,
             max_body_bytes,
             shutdown_grace,
             sql,
@@ -398,6 +415,17 @@ mod tests {
         assert_eq!(config.app_env, AppEnv::Development);
         assert_eq!(config.log_format, LogFormat::Pretty);
         assert_eq!(config.max_body_bytes, 1024 * 1024);
+        assert_eq!(config.plugin_instances, 1_000);
+        Ok(())
+    }
+
+    #[test]
+    fn the_instance_pool_is_sized_within_bounds() -> anyhow::Result<()> {
+        assert_eq!(config(&[("PLUGIN_INSTANCES", "8")])?.plugin_instances, 8);
+        for refused in ["0", "20001", "-1", "many"] {
+            let err = config(&[("PLUGIN_INSTANCES", refused)]).expect_err(refused);
+            assert!(format!("{err:#}").contains("PLUGIN_INSTANCES"), "{err:#}");
+        }
         Ok(())
     }
 

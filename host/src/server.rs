@@ -62,7 +62,11 @@ impl Application {
             "operator policy"
         );
         let loading = std::time::Instant::now();
-        let engine = PluginEngine::new(config.plugin_cache_dir.as_deref(), metrics.clone())?;
+        let engine = PluginEngine::new(
+            config.plugin_cache_dir.as_deref(),
+            config.plugin_instances,
+            metrics.clone(),
+        )?;
         let table = plugins::load_all(&engine, &capabilities, &config.plugins_dir).await?;
         let stats = engine.compile_stats();
         tracing::info!(

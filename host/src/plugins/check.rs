@@ -91,7 +91,8 @@ fn check_component(located: &LocatedManifest, cache_dir: Option<&Path>) -> Resul
     let component_path = located.component_path.display();
     let manifest_path = located.manifest_path.display();
     let engine = Metrics::new(false)
-        .and_then(|metrics| PluginEngine::new(cache_dir, Arc::new(metrics)))
+        // One component, compiled and linked, never instantiated: a pool of one will do.
+        .and_then(|metrics| PluginEngine::new(cache_dir, 1, Arc::new(metrics)))
         .map_err(|err| format!("cannot start a wasm engine: {err:#}"))?;
     let bytes = std::fs::read(&located.component_path)
         .map_err(|err| format!("{component_path}: cannot read component: {err}"))?;

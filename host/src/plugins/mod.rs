@@ -152,6 +152,7 @@ impl LoadedPlugin {
                 max_response_bytes: manifest.limits.max_response_bytes(),
                 reuse_for: manifest.limits.reuse_instance_for,
                 parked: std::sync::Mutex::default(),
+                max_parked: engine.max_parked(),
             },
             manifest,
         };

@@ -60,8 +60,12 @@ use crate::workers;
 /// 0.5 ms. A tick costs one fiber switch per running guest.
 pub const EPOCH_TICK: Duration = Duration::from_micros(500);
 
-/// Instances alive at once across all plugins; beyond it a request gets 503.
-const MAX_LIVE_INSTANCES: u32 = 1_000;
+/// Instances alive at once across all plugins, unless `PLUGIN_INSTANCES` says otherwise;
+/// beyond it requests queue for a slot, then get 503. Each slot reserves about 4 GiB of
+/// address space (wasmtime's reservation per linear memory, which spares compiled code
+/// its bounds checks): 1,000 slots take about 4 TiB of the 128 TiB a Linux process may
+/// map, none of it resident until used.
+pub const DEFAULT_INSTANCES: u32 = 1_000;
 
 /// Largest linear memory any plugin may be granted (manifests ask for less).
 const MAX_MEMORY_BYTES: usize = 512 * 1024 * 1024;
@@ -107,6 +111,8 @@ pub struct PluginEngine {
     /// One permit per pooled instance slot: requests beyond the pool's size queue here
     /// (fairly, in arrival order) instead of failing to instantiate.
     slots: Arc<Semaphore>,
+    /// Reusable instances one plugin version may keep parked, each holding a slot.
+    max_parked: usize,
     ticker: EpochTicker,
     heavy_lanes: HeavyLanes,
     metrics: Arc<Metrics>,
@@ -120,14 +126,20 @@ pub struct CompileStats {
 }
 
 impl PluginEngine {
-    /// `cache_dir`: where compiled code is kept across restarts (`None`: always compile).
-    pub fn new(cache_dir: Option<&Path>, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    /// `cache_dir`: where compiled code is kept across restarts (`None`: always compile);
+    /// `instances`: how many may be alive at once across all plugins (the pool's slots).
+    pub fn new(
+        cache_dir: Option<&Path>,
+        instances: u32,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(instances > 0, "the instance pool needs at least one slot");
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(MAX_LIVE_INSTANCES)
-            .total_memories(MAX_LIVE_INSTANCES)
-            .total_tables(MAX_LIVE_INSTANCES * 4)
-            .total_core_instances(MAX_LIVE_INSTANCES * 8)
-            .total_stacks(MAX_LIVE_INSTANCES)
+        pool.total_component_instances(instances)
+            .total_memories(instances)
+            .total_tables(instances.saturating_mul(4))
+            .total_core_instances(instances.saturating_mul(8))
+            .total_stacks(instances)
             .max_memory_size(MAX_MEMORY_BYTES)
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
             .table_keep_resident(64 * 1024)
@@ -150,12 +162,21 @@ impl PluginEngine {
             .cache(cache.clone());
         let engine = Engine::new(&config)
             .map_err(anyhow::Error::from)
-            .context("configuring the wasm engine")?;
+            .with_context(|| {
+                format!(
+                    "configuring the wasm engine ({instances} instance slots of about 4 GiB \
+                     of address space each: under an address-space limit such as \
+                     `ulimit -v`, set PLUGIN_INSTANCES lower)"
+                )
+            })?;
         let ticker = EpochTicker::spawn(&engine)?;
         Ok(Self {
             engine,
             cache,
-            slots: Arc::new(Semaphore::new(MAX_LIVE_INSTANCES as usize)),
+            slots: Arc::new(Semaphore::new(instances as usize)),
+            // Parked instances hold slots: a small pool keeps them to a sixteenth of it
+            // (none under 16 slots), so they cannot starve the requests that need one.
+            max_parked: MAX_PARKED.min(instances as usize / 16),
             ticker,
             heavy_lanes: HeavyLanes::for_this_runtime(),
             metrics,
@@ -168,6 +189,10 @@ impl PluginEngine {
 
     pub fn slots(&self) -> Arc<Semaphore> {
         self.slots.clone()
+    }
+
+    pub fn max_parked(&self) -> usize {
+        self.max_parked
     }
 
     pub fn ticker(&self) -> EpochTicker {
@@ -710,6 +735,8 @@ pub struct ReadyComponent {
     pub(crate) reuse_for: u32,
     /// Instances between requests, most recently used last (only when `reuse_for > 0`).
     pub(crate) parked: std::sync::Mutex<Vec<Parked>>,
+    /// How many may be parked ([`PluginEngine::max_parked`]).
+    pub(crate) max_parked: usize,
 }
 
 /// Reusable instances parked per plugin version at most: enough to keep every worker
@@ -887,7 +914,7 @@ impl ReadyComponent {
     /// are parked. What the request held is released first: its capability state (an open
     /// transaction is rolled back), its output lines, its claim on the epoch ticker.
     fn park(&self, mut parked: Parked) {
-        if parked.served >= self.reuse_for {
+        if parked.served >= self.reuse_for || self.max_parked == 0 {
             return;
         }
         let state = parked.store.data_mut();
@@ -899,7 +926,7 @@ impl ReadyComponent {
             .parked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if all.len() < MAX_PARKED {
+        if all.len() < self.max_parked {
             all.push(parked);
         }
     }
@@ -1058,4 +1085,22 @@ fn validate_response(response: &Response, max_body_bytes: usize) -> Result<(), P
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_has_the_slots_asked_for_and_parks_within_a_sixteenth_of_them() -> anyhow::Result<()>
+    {
+        let metrics = Arc::new(Metrics::new(false)?);
+        for (instances, parked) in [(1, 0), (15, 0), (16, 1), (100, 6), (256, 16), (1_000, 16)] {
+            let engine = PluginEngine::new(None, instances, metrics.clone())?;
+            assert_eq!(engine.slots().available_permits(), instances as usize);
+            assert_eq!(engine.max_parked(), parked, "{instances} slots");
+        }
+        assert!(PluginEngine::new(None, 0, metrics).is_err());
+        Ok(())
+    }
 }
