@@ -77,10 +77,10 @@ for path in "${paths[@]}"; do
     path_headers+=(-H "Authorization: Bearer $(token_for "$addr")")
   fi
   wrk -t1 -c4 -d3s "${path_headers[@]}" "http://$addr$path" >/dev/null   # warm-up
-  callgrind_control --zero "$host_pid" >/dev/null
+  callgrind_control --zero "$host_pid" >/dev/null 2>&1
   wrk -t1 -c4 -d"${seconds}s" "${path_headers[@]}" "http://$addr$path" >"$work/wrk.out"
   before=$(ls "$out" | wc -l)
-  callgrind_control --dump="$path" "$host_pid" >/dev/null
+  callgrind_control --dump="$path" "$host_pid" >/dev/null 2>&1
   for _ in $(seq 1 100); do [ "$(ls "$out" | wc -l)" -gt "$before" ] && break; sleep 0.1; done
   dump=$(ls -t "$out"/callgrind.* | head -1)
   requests=$(awk '/requests in/ {print $1}' "$work/wrk.out")
