@@ -406,7 +406,7 @@ async fn with_one_instance_slot_calls_take_turns() {
     plugins.deploy_as("spin", "spin", |m| {
         m.replace("timeout_ms = 300", "timeout_ms = 5000")
     });
-    let host = std::sync::Arc::new(
+    let host = Arc::new(
         TestHost::builder()
             .env("PLUGIN_INSTANCES", "1")
             .start(&plugins),

@@ -10,10 +10,12 @@
 //!
 //! What is cheaper than tracing-subscriber's own JSON format: a span's fields are encoded
 //! as JSON once, when the span is created, and copied raw into each of its lines (not
-//! parsed back with serde_json per line); the line is written straight into the fmt
-//! layer's reused buffer (no serializer adaptor that UTF-8-checks every piece); strings
-//! that need no escaping are copied as they are (serde_json escapes the others); and the
-//! timestamp's date and time of day are formatted once a second per thread.
+//! parsed back with serde_json per line); the line is encoded into a per-thread scratch
+//! `String` and copied into the fmt layer's reused buffer in one piece (no serializer
+//! adaptor that UTF-8-checks every piece, no call through `dyn fmt::Write` per piece);
+//! strings that need no escaping are copied as they are (serde_json escapes the others);
+//! integers go through `itoa`; and the timestamp's date and time of day are formatted
+//! once a second per thread.
 //!
 //! A span's fields are kept in the order they are recorded (tracing-subscriber sorts
 //! them); a field recorded again on an existing span is appended, not replaced.
@@ -58,6 +60,9 @@ thread_local! {
     static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// The most a thread's scratch buffer keeps between lines.
+const MAX_KEPT_SCRATCH: usize = 64 * 1024;
+
 /// Encodes into a plain `String` (each piece a copy, not a call through the `Writer`'s
 /// `dyn fmt::Write`) and hands the text to `writer` in one piece. What is logged while
 /// encoding (from some `Debug`) gets a buffer of its own.
@@ -68,8 +73,12 @@ fn encoded(
     SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut text) => {
             text.clear();
-            encode(&mut text)?;
-            writer.write_str(&text)
+            let result = encode(&mut text).and_then(|()| writer.write_str(&text));
+            // One outsized line does not keep its buffer on the thread for good.
+            if text.capacity() > MAX_KEPT_SCRATCH {
+                *text = String::new();
+            }
+            result
         }
         Err(_) => {
             let mut text = String::new();
