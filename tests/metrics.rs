@@ -396,8 +396,13 @@ async fn instances_in_use_and_queued_requests_are_gauged() {
     let host = std::sync::Arc::new(
         TestHost::builder()
             .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("PLUGIN_INSTANCES", "4")
             .start(&plugins),
     );
+    let slots = |exposition: &str| {
+        let of = |state| sample(exposition, "plinth_instance_slots", &[("state", state)]);
+        (of("total"), of("in_use"))
+    };
     let get = |path: &'static str| {
         let host = host.clone();
         tokio::spawn(async move { host.get(path).await.status().as_u16() })
@@ -415,8 +420,11 @@ async fn instances_in_use_and_queued_requests_are_gauged() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (_, busy) = host.scrape().await;
     assert_eq!(gauges(&busy), (Some(1.0), Some(1.0)), "{busy}");
+    // The queued request waits for a turn, not for a slot: one slot of four is in use.
+    assert_eq!(slots(&busy), (Some(4.0), Some(1.0)), "{busy}");
     assert_eq!(running.await.expect("join"), 200);
     assert_eq!(queued.await.expect("join"), 200);
     let (_, idle) = host.scrape().await;
     assert_eq!(gauges(&idle), (Some(0.0), Some(0.0)), "{idle}");
+    assert_eq!(slots(&idle), (Some(4.0), Some(0.0)), "{idle}");
 }

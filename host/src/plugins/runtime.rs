@@ -170,10 +170,22 @@ impl PluginEngine {
                 )
             })?;
         let ticker = EpochTicker::spawn(&engine)?;
+        let slots = Arc::new(Semaphore::new(instances as usize));
+        metrics
+            .instance_slots
+            .with_label_values(&["total"])
+            .set(i64::from(instances));
+        let in_use = metrics.instance_slots.with_label_values(&["in_use"]);
+        let pool = Arc::downgrade(&slots);
+        metrics.on_scrape(move || {
+            if let Some(pool) = pool.upgrade() {
+                in_use.set(i64::from(instances) - pool.available_permits() as i64);
+            }
+        });
         Ok(Self {
             engine,
             cache,
-            slots: Arc::new(Semaphore::new(instances as usize)),
+            slots,
             // Parked instances hold slots: a small pool keeps them to a sixteenth of it
             // (none under 16 slots), so they cannot starve the requests that need one.
             max_parked: MAX_PARKED.min(instances as usize / 16),

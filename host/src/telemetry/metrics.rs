@@ -73,6 +73,10 @@ pub struct Metrics {
     pub db_pool_connections: IntGaugeVec,
     /// `data_set`, `pool`.
     pub db_pool_waits: IntCounterVec,
+    /// `state`: `total` or `in_use` (the instance pool's slots, read at each scrape).
+    pub instance_slots: IntGaugeVec,
+    /// What sets gauges read from state rather than kept up to date, run before a scrape.
+    on_scrape: std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -255,6 +259,14 @@ impl Metrics {
                 "Statements that found their pool's connections all in use and waited for one.",
                 &["data_set", "pool"],
             )?,
+            instance_slots: gauge(
+                &registry,
+                "plinth_instance_slots",
+                "The plugin instance pool's slots (PLUGIN_INSTANCES), by state: total, or in \
+                 use (serving a request or holding a parked instance).",
+                &["state"],
+            )?,
+            on_scrape: std::sync::Mutex::default(),
             redis_errors: counter(
                 &registry,
                 "plinth_redis_errors_total",
@@ -348,8 +360,25 @@ impl Metrics {
         }
     }
 
+    /// Runs `sample` before every scrape: for a gauge that reads some state when asked,
+    /// instead of costing each request an update.
+    pub fn on_scrape(&self, sample: impl Fn() + Send + Sync + 'static) {
+        self.on_scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(sample));
+    }
+
     /// The exposition, in the text format.
     pub fn encode(&self) -> anyhow::Result<String> {
+        for sample in self
+            .on_scrape
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            sample();
+        }
         let mut text = Vec::with_capacity(16 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut text)?;
         Ok(String::from_utf8(text)?)
