@@ -32,11 +32,7 @@ paths=("$@")
 [ ${#paths[@]} -gt 0 ] || paths=(/hello/x /api/v1/users/me)
 [ -x "$base" ] || { echo "ab: $base is not an executable" >&2; exit 1; }
 
-command -v wrk >/dev/null || {
-  echo "ab: installing wrk" >&2
-  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk
-}
+install_missing ab wrk=wrk
 bash scripts/build-plugins.sh >/dev/null
 [ -n "${AB_NEW:-}" ] || cargo build --release --locked -p plinth-host 2>&1 | tail -1
 

@@ -1,4 +1,19 @@
-# Helpers shared by bench.sh, ab.sh and profile.sh (sourced, not run).
+# Helpers shared by bench.sh, ab.sh, profile.sh and instructions.sh (sourced, not run).
+
+# install_missing <who> <command>=<Debian package>...: installs the packages whose command
+# is not on PATH (with sudo unless root), saying so on stderr.
+install_missing() {
+  local who=$1 wanted missing=()
+  shift
+  for wanted in "$@"; do
+    command -v "${wanted%%=*}" >/dev/null 2>&1 || missing+=("${wanted#*=}")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  echo "$who: installing ${missing[*]} (Debian packages)" >&2
+  local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
 
 # listening_addr <log>: the address a host or test server logged as listening on, or
 # nothing yet.

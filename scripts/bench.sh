@@ -39,11 +39,7 @@ host_bin=${BENCH_HOST:-$target_dir/release/plinth}
 sections=" ${BENCH_SECTIONS:-throughput sandbox reload startup idle} "
 wants() { [[ $sections == *" $1 "* ]]; }
 
-if ! command -v wrk >/dev/null; then
-  echo "bench: installing wrk" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk;
-  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi
-fi
+install_missing bench wrk=wrk
 
 bash scripts/build-plugins.sh >/dev/null
 cargo build --release --locked -p plinth-host -p plinth-bench-hyper-hello 2>&1 | tail -1

@@ -25,15 +25,7 @@ seconds=${INSTR_SECONDS:-15}
 paths=("$@")
 [ ${#paths[@]} -gt 0 ] || paths=(/hello/x)
 
-missing=()
-command -v valgrind >/dev/null || missing+=(valgrind)
-command -v wrk >/dev/null || missing+=(wrk)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "instructions: installing ${missing[*]} (Debian packages)" >&2
-  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing instructions valgrind=valgrind wrk=wrk
 
 bash scripts/build-plugins.sh >/dev/null
 host_bin=${INSTR_HOST:-}

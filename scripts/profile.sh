@@ -15,15 +15,7 @@ path=${PROFILE_PATH:-/hello/x}
 seconds=${PROFILE_SECONDS:-8}
 target_dir=${CARGO_TARGET_DIR:-target}
 
-missing=()
-command -v perf >/dev/null || missing+=(linux-perf)
-command -v wrk >/dev/null || missing+=(wrk)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "profile: installing ${missing[*]} (Debian packages)" >&2
-  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_missing profile perf=linux-perf wrk=wrk
 
 bash scripts/build-plugins.sh >/dev/null
 cargo build --release --locked -p plinth-host 2>&1 | tail -1

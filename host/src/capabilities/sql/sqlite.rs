@@ -15,8 +15,8 @@
 //! Statements run where the plugin's call runs (through `rusqlite`), not on a thread per
 //! connection as sqlx's driver ran them: without that hop there and back, `users/me` on
 //! SQLite serves 1.38× the requests (issue 14, BENCHMARKS.md). A serving worker must not be
-//! held for long, so whatever may take long first
-//! hands the worker's queue to another thread ([`hand_over`]):
+//! held for long, so whatever may take long first hands the worker's queue to another
+//! thread ([`hand_over`]):
 //! - a statement that may write (committing syncs SQLite's log to disk), and every
 //!   statement inside a transaction;
 //! - a read that is still running after [`INLINE_BUDGET`]: it is interrupted (a read
